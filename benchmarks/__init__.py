@@ -1,0 +1,1 @@
+"""focalops benchmark suite: `python -m benchmarks` or `focalops bench`."""

@@ -1,0 +1,97 @@
+"""Run the benchmark suite: a table on stdout, JSON and a PNG chart under benchmarks/results/."""
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+
+import torch
+
+from benchmarks import common
+
+# Every benchmark module, in the order they run.
+FAMILIES = ["focal_loss", "assign", "nms", "retinanet"]
+
+COLUMNS = ["op", "impl", "pass", "dtype", "size", "ms", "speedup", "melem_per_s", "gbps", "pct_copy_bw", "peak_mib", "note"]
+
+
+def _table(rows):
+    cols = [c for c in COLUMNS if any(c in r for r in rows)]
+    cells = [[str(r.get(c, "")) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(x[i]) for x in cells)) for i, c in enumerate(cols)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(cols, widths))]
+    lines += ["  ".join(x.ljust(w) for x, w in zip(line, widths)) for line in cells]
+    return "\n".join(lines)
+
+
+def _chart(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [r for r in rows if "speedup" in r]
+    if not shown:
+        return None
+    labels = [f"{r['op']} {r['pass']} {r['dtype']}\n{r['size']} [{r['impl']}]" for r in shown]
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(shown) + 1.5))
+    ax.barh(range(len(shown)), [r["speedup"] for r in shown], color="tab:blue")
+    ax.set_yticks(range(len(shown)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="k", lw=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("speed-up over focalops.reference (median time, log scale)")
+    ax.set_title(f"focalops on {common.device_name(shown[0]['device'])}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--only", default=",".join(FAMILIES), help="comma-separated families (default: all: %(default)s)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (cpu, plus cuda when present)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a smoke run)")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"), help="output folder")
+    args = parser.parse_args(argv)
+
+    devices = ["cpu", "cuda"] if args.device == "auto" else args.device.split(",")
+    devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    os.makedirs(args.out, exist_ok=True)
+    for device in devices:
+        rows = []
+        for family in args.only.split(","):
+            try:
+                module = importlib.import_module(f"benchmarks.bench_{family}")
+            except ModuleNotFoundError:
+                print(f"[{family}: no benchmark module yet]", file=sys.stderr)
+                continue
+            print(f"== {family} on {device} ({common.device_name(device)})", flush=True)
+            new = module.run(device, args.quick)
+            common.add_speedups(new)
+            print(_table(new), flush=True)
+            rows += new
+        tag = "cuda" if device.startswith("cuda") else "cpu"
+        meta = {
+            "device": common.device_name(device),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "threads": torch.get_num_threads(),
+            "copy_gbps": common.copy_bandwidth_gbps(device),
+            "quick": args.quick,
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+        }
+        suffix = "-quick" if args.quick else ""
+        json_path = os.path.join(args.out, f"{tag}{suffix}.json")
+        with open(json_path, "w") as f:
+            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        png = _chart(rows, os.path.join(args.out, f"{tag}{suffix}.png"))
+        print(f"wrote {json_path}" + (f" and {png}" if png else ""))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+// The focalops operator library: every schema, nothing else. Kernels register themselves in
+// csrc/cpu/*.cpp and csrc/cuda/*.cu; autograd and fake kernels are added from Python.
+#include <Python.h>
+#include <torch/library.h>
+
+// `import focalops._C` loads this library and runs the registrations below. The module itself is
+// empty: every op is reached through torch.ops.focalops (which keeps torch.compile and opcheck
+// working and lets the extension use the limited Python API).
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(focalops, m) {
+  // Sigmoid focal loss. targets: float (dense, shape of inputs) or int64 class indices
+  // (shape inputs.shape[:-1]; -1 background, ignore_index skipped). reduce=True returns the
+  // 0-d sum in float32 (float64 for float64 inputs); reduce=False the elementwise loss.
+  m.def("sigmoid_focal_loss(Tensor inputs, Tensor targets, float alpha, float gamma, int ignore_index, bool reduce) -> Tensor");
+  m.def(
+      "_sigmoid_focal_loss_backward(Tensor grad, Tensor inputs, Tensor targets, float alpha, float gamma, int ignore_index, "
+      "bool reduce) -> Tensor");
+}

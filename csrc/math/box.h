@@ -1,0 +1,78 @@
+// Box math shared by the CPU and CUDA kernels: IoU and torchvision BoxCoder encode/decode.
+// Boxes are (x1, y1, x2, y2).
+#pragma once
+
+#include "math/common.h"
+
+namespace focalops {
+namespace math {
+
+template <typename T>
+FO_HD T box_area(T x1, T y1, T x2, T y2) {
+  return (x2 - x1) * (y2 - y1);
+}
+
+// torchvision's box_iou formula, except that an empty union gives 0 instead of NaN.
+// Callers that must agree bit for bit across devices (assignment, NMS) use T = float.
+template <typename T>
+FO_HD T iou(const T* a, const T* b) {
+  const T area_a = box_area(a[0], a[1], a[2], a[3]);
+  const T area_b = box_area(b[0], b[1], b[2], b[3]);
+  const T lt_x = a[0] > b[0] ? a[0] : b[0];
+  const T lt_y = a[1] > b[1] ? a[1] : b[1];
+  const T rb_x = a[2] < b[2] ? a[2] : b[2];
+  const T rb_y = a[3] < b[3] ? a[3] : b[3];
+  const T w = fmax0(rb_x - lt_x);
+  const T h = fmax0(rb_y - lt_y);
+  const T inter = w * h;
+  const T uni = area_a + area_b - inter;
+  return uni > T(0) ? inter / uni : T(0);
+}
+
+struct BoxWeights {
+  float wx, wy, ww, wh;
+};
+
+// Regression deltas (dx, dy, dw, dh) that move `anchor` onto `gt` (BoxCoder.encode_single).
+template <typename T>
+FO_HD void encode_box(const T* gt, const T* anchor, BoxWeights w, T* out) {
+  const T aw = anchor[2] - anchor[0];
+  const T ah = anchor[3] - anchor[1];
+  const T ax = anchor[0] + T(0.5) * aw;
+  const T ay = anchor[1] + T(0.5) * ah;
+  const T gw = gt[2] - gt[0];
+  const T gh = gt[3] - gt[1];
+  const T gx = gt[0] + T(0.5) * gw;
+  const T gy = gt[1] + T(0.5) * gh;
+  out[0] = T(w.wx) * (gx - ax) / aw;
+  out[1] = T(w.wy) * (gy - ay) / ah;
+  out[2] = T(w.ww) * log_(gw / aw);
+  out[3] = T(w.wh) * log_(gh / ah);
+}
+
+// Box from deltas and anchor (BoxCoder.decode_single); dw, dh clamped at `clamp`
+// (torchvision: log(1000 / 16)) so exp() cannot overflow.
+template <typename T>
+FO_HD void decode_box(const T* delta, const T* anchor, BoxWeights w, T clamp, T* out) {
+  const T aw = anchor[2] - anchor[0];
+  const T ah = anchor[3] - anchor[1];
+  const T ax = anchor[0] + T(0.5) * aw;
+  const T ay = anchor[1] + T(0.5) * ah;
+  const T dx = delta[0] / T(w.wx);
+  const T dy = delta[1] / T(w.wy);
+  T dw = delta[2] / T(w.ww);
+  T dh = delta[3] / T(w.wh);
+  dw = dw < clamp ? dw : clamp;
+  dh = dh < clamp ? dh : clamp;
+  const T cx = dx * aw + ax;
+  const T cy = dy * ah + ay;
+  const T half_w = T(0.5) * (exp_(dw) * aw);
+  const T half_h = T(0.5) * (exp_(dh) * ah);
+  out[0] = cx - half_w;
+  out[1] = cy - half_h;
+  out[2] = cx + half_w;
+  out[3] = cy + half_h;
+}
+
+}  // namespace math
+}  // namespace focalops

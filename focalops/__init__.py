@@ -1,0 +1,9 @@
+"""focalops: fast fused ops for dense one-stage detectors (RetinaNet)."""
+
+from focalops import _meta  # noqa: F401  (fake kernels for torch.compile / opcheck)
+from focalops._extension import has_cuda_kernels
+from focalops.ops.focal_loss import SigmoidFocalLoss, sigmoid_focal_loss
+
+__version__ = "0.1.0"
+
+__all__ = ["SigmoidFocalLoss", "sigmoid_focal_loss", "has_cuda_kernels"]

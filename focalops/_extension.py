@@ -1,0 +1,17 @@
+"""Loads the compiled operator library (focalops._C), which registers torch.ops.focalops.*."""
+
+import torch
+
+try:
+    from focalops import _C  # noqa: F401  (importing it runs the TORCH_LIBRARY registrations)
+except ImportError as exc:  # pragma: no cover - exercised only on a broken install
+    raise ImportError(
+        "focalops: the compiled library focalops._C could not be loaded ({}). Build it against the "
+        "installed torch {} with `pip install --no-build-isolation -e .` from the source tree "
+        "(after upgrading torch, rebuild).".format(exc, torch.__version__)
+    ) from exc
+
+
+def has_cuda_kernels() -> bool:
+    """True if the library was built with its CUDA kernels."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("focalops::sigmoid_focal_loss", "CUDA")

@@ -1,0 +1,1 @@
+"""One module per op family; each wraps torch.ops.focalops.* with argument checks and defaults."""

@@ -1,0 +1,165 @@
+"""Sigmoid focal loss (Lin et al., 2017), fused forward and backward."""
+
+import math
+from numbers import Real
+from typing import Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from focalops import _extension  # noqa: F401  (registers torch.ops.focalops)
+
+_REDUCTIONS = ("none", "mean", "sum")
+_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _setup_context(ctx, inputs, output):
+    x, targets, alpha, gamma, ignore_index, reduce = inputs
+    ctx.save_for_backward(x, targets)
+    ctx.args = (alpha, gamma, ignore_index, reduce)
+
+
+def _backward(ctx, grad):
+    if ctx.needs_input_grad[1]:
+        raise RuntimeError("sigmoid_focal_loss: the gradient with respect to targets is not implemented")
+    x, targets = ctx.saved_tensors
+    alpha, gamma, ignore_index, reduce = ctx.args
+    grad_x = torch.ops.focalops._sigmoid_focal_loss_backward(grad, x, targets, alpha, gamma, ignore_index, reduce)
+    return grad_x, None, None, None, None, None
+
+
+def _no_double_backward(ctx, grad):
+    raise RuntimeError("sigmoid_focal_loss: double backward (gradient of the gradient) is not supported")
+
+
+def _setup_nothing(ctx, inputs, output):
+    pass
+
+
+torch.library.register_autograd("focalops::sigmoid_focal_loss", _backward, setup_context=_setup_context)
+torch.library.register_autograd(
+    "focalops::_sigmoid_focal_loss_backward", _no_double_backward, setup_context=_setup_nothing
+)
+
+
+def sigmoid_focal_loss(
+    inputs: Tensor,
+    targets: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    reduction: str = "none",
+    *,
+    normalizer: Optional[Union[float, Tensor]] = None,
+    ignore_index: int = -2,
+) -> Tensor:
+    """Sigmoid focal loss ``-alpha_t (1 - p_t)^gamma log(p_t)`` with ``p = sigmoid(inputs)``.
+
+    A drop-in for ``torchvision.ops.sigmoid_focal_loss`` (dense form) that also takes class
+    indices (the form a detector has) without building a one-hot tensor. Forward and backward
+    are fused kernels: the forward reads the logits once, the backward recomputes from them and
+    writes the gradient in one pass. Computed from the logit (log-sigmoid form): finite loss and
+    gradient for every finite logit and every ``gamma >= 0``.
+
+    Args:
+        inputs (Tensor[..., K]): logits, float32 / float16 / bfloat16 / float64 (half types are
+            computed in float32). Any layout.
+        targets (Tensor): either
+            - dense: a floating (or bool) tensor of the shape of ``inputs`` with values in
+              [0, 1] (soft targets allowed, torchvision's formula); or
+            - class indices: an integer tensor of shape ``inputs.shape[:-1]``; ``c`` in
+              ``[0, K)`` makes class ``c`` the positive and the other ``K - 1`` negatives, ``-1``
+              is background (all ``K`` negative), ``ignore_index`` rows add nothing to the loss
+              or the gradient.
+        alpha (float): weight of positives in [0, 1] (negatives get ``1 - alpha``); ``alpha < 0``
+            disables the weighting. Default 0.25.
+        gamma (float): focusing exponent, ``>= 0`` (0 gives alpha-weighted BCE). Default 2.
+        reduction (str): ``"none"`` (loss per element, shape and dtype of ``inputs``),
+            ``"sum"`` or ``"mean"`` (0-d, dtype of ``inputs``; accumulated in float32).
+        normalizer (float or 0-d Tensor, optional): divides the (reduced) loss, e.g. the number
+            of foreground anchors (RetinaNet: ``reduction="sum", normalizer=max(1, num_fg)``).
+            A tensor is used on its device and never read back to the host.
+        ignore_index (int): class index of rows to skip in the class-index form. Default -2.
+
+    Returns:
+        Tensor: the loss. ``mean`` over an empty input is NaN, as ``torch.mean``.
+
+    Raises:
+        TypeError: ``inputs`` or ``targets`` is not a tensor, or has an unsupported dtype.
+        ValueError: unknown ``reduction``, ``gamma < 0``, ``alpha > 1``, a non-positive number
+            ``normalizer``, mismatched shapes or devices, or ``targets.requires_grad``.
+        RuntimeError: a class index outside ``[0, K)`` that is neither -1 nor ``ignore_index``
+            (on CUDA a device-side assertion, so the check costs no host synchronisation).
+    """
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"sigmoid_focal_loss: inputs must be a Tensor, got {type(inputs).__name__}")
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"sigmoid_focal_loss: targets must be a Tensor, got {type(targets).__name__}")
+    if inputs.dtype not in _FLOATS:
+        raise TypeError(
+            f"sigmoid_focal_loss: inputs must be float32, float64, float16 or bfloat16, got {inputs.dtype}"
+        )
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"sigmoid_focal_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    if not isinstance(gamma, Real) or not gamma >= 0 or math.isinf(gamma):
+        raise ValueError(f"sigmoid_focal_loss: gamma must be a finite number >= 0, got {gamma}")
+    if not isinstance(alpha, Real) or not alpha <= 1:
+        raise ValueError(f"sigmoid_focal_loss: alpha must be <= 1 (or < 0 to disable the weighting), got {alpha}")
+    if not isinstance(ignore_index, int) or ignore_index == -1:
+        raise ValueError(f"sigmoid_focal_loss: ignore_index must be an int other than -1, got {ignore_index!r}")
+    if inputs.device != targets.device:
+        raise ValueError(
+            f"sigmoid_focal_loss: inputs and targets must be on the same device, got {inputs.device} "
+            f"and {targets.device}"
+        )
+    if targets.requires_grad:
+        raise ValueError("sigmoid_focal_loss: targets.requires_grad is set; the gradient for targets is not supported")
+
+    if targets.dtype.is_floating_point or targets.dtype == torch.bool:
+        if targets.shape != inputs.shape:
+            raise ValueError(
+                f"sigmoid_focal_loss: dense targets must have the shape of inputs {list(inputs.shape)}, "
+                f"got {list(targets.shape)}"
+            )
+        targets = targets.to(inputs.dtype)
+    elif targets.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        if inputs.dim() == 0 or targets.shape != inputs.shape[:-1]:
+            raise ValueError(
+                "sigmoid_focal_loss: integer targets are class indices of shape inputs.shape[:-1] = "
+                f"{list(inputs.shape[:-1])}, got {list(targets.shape)} (for one-hot targets pass a floating tensor)"
+            )
+        targets = targets.long()
+    else:
+        raise TypeError(f"sigmoid_focal_loss: targets must be floating, bool or integer, got {targets.dtype}")
+
+    reduce = reduction != "none"
+    loss = torch.ops.focalops.sigmoid_focal_loss(inputs, targets, float(alpha), float(gamma), ignore_index, reduce)
+    if reduction == "mean":
+        loss = loss / inputs.numel() if inputs.numel() > 0 else loss / 0.0
+    if normalizer is not None:
+        if isinstance(normalizer, Tensor):
+            if normalizer.numel() != 1:
+                raise ValueError(f"sigmoid_focal_loss: normalizer must be a number or a 0-d tensor, got {list(normalizer.shape)}")
+            loss = loss / normalizer.reshape(()).to(device=loss.device)
+        elif isinstance(normalizer, Real) and normalizer > 0:
+            loss = loss / float(normalizer)
+        else:
+            raise ValueError(f"sigmoid_focal_loss: normalizer must be a positive number or a tensor, got {normalizer!r}")
+    return loss.to(inputs.dtype)
+
+
+class SigmoidFocalLoss(nn.Module):
+    """Module form of :func:`sigmoid_focal_loss` (same arguments; ``normalizer`` per call)."""
+
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "none", ignore_index: int = -2):
+        super().__init__()
+        if reduction not in _REDUCTIONS:
+            raise ValueError(f"SigmoidFocalLoss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        self.alpha, self.gamma, self.reduction, self.ignore_index = alpha, gamma, reduction, ignore_index
+
+    def forward(self, inputs: Tensor, targets: Tensor, normalizer: Optional[Union[float, Tensor]] = None) -> Tensor:
+        return sigmoid_focal_loss(
+            inputs, targets, self.alpha, self.gamma, self.reduction, normalizer=normalizer, ignore_index=self.ignore_index
+        )
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, gamma={self.gamma}, reduction={self.reduction!r}"
