@@ -67,6 +67,22 @@ def run(device: str, quick: bool):
                 return tv(inp, one_hot, alpha, gamma, reduction) / normalizer
 
             impls.append(("torchvision", tv_loss))
+        # Floor of any fwd+bwd: a fresh gradient buffer must be allocated and written once (on CPU
+        # this is dominated by first-touch page faults, on GPU by write bandwidth).
+        t = common.measure(lambda: torch.empty_like(x).fill_(1), device, warmup=3, repeat=repeat)
+        rows.append(
+            common.row(
+                "grad buffer floor",
+                "empty_like+fill_",
+                "write",
+                device,
+                str(dtype)[6:],
+                size,
+                t,
+                elements=elems,
+                bytes_model=n * k * s,
+            )
+        )
         for impl, fn in impls:
             t = common.measure(fwd(fn), device, warmup=3, repeat=repeat)
             rows.append(
