@@ -24,9 +24,7 @@ def _backward(ctx, grad):
         raise RuntimeError("sigmoid_focal_loss: the gradient with respect to targets is not implemented")
     x, targets = ctx.saved_tensors
     alpha, gamma, ignore_index, reduce = ctx.args
-    grad_x = torch.ops.focalops._sigmoid_focal_loss_backward(
-        grad, x, targets, alpha, gamma, ignore_index, reduce
-    )
+    grad_x = torch.ops.focalops._sigmoid_focal_loss_backward(grad, x, targets, alpha, gamma, ignore_index, reduce)
     return grad_x, None, None, None, None, None
 
 
@@ -105,22 +103,16 @@ def sigmoid_focal_loss(
     if not isinstance(gamma, Real) or not gamma >= 0 or math.isinf(gamma):
         raise ValueError(f"sigmoid_focal_loss: gamma must be a finite number >= 0, got {gamma}")
     if not isinstance(alpha, Real) or not alpha <= 1:
-        raise ValueError(
-            f"sigmoid_focal_loss: alpha must be <= 1 (or < 0 to disable the weighting), got {alpha}"
-        )
+        raise ValueError(f"sigmoid_focal_loss: alpha must be <= 1 (or < 0 to disable the weighting), got {alpha}")
     if not isinstance(ignore_index, int) or ignore_index == -1:
-        raise ValueError(
-            f"sigmoid_focal_loss: ignore_index must be an int other than -1, got {ignore_index!r}"
-        )
+        raise ValueError(f"sigmoid_focal_loss: ignore_index must be an int other than -1, got {ignore_index!r}")
     if inputs.device != targets.device:
         raise ValueError(
             f"sigmoid_focal_loss: inputs and targets must be on the same device, got {inputs.device} "
             f"and {targets.device}"
         )
     if targets.requires_grad:
-        raise ValueError(
-            "sigmoid_focal_loss: targets.requires_grad is set; the gradient for targets is not supported"
-        )
+        raise ValueError("sigmoid_focal_loss: targets.requires_grad is set; the gradient for targets is not supported")
 
     if targets.dtype.is_floating_point or targets.dtype == torch.bool:
         if targets.shape != inputs.shape:
@@ -140,49 +132,33 @@ def sigmoid_focal_loss(
         raise TypeError(f"sigmoid_focal_loss: targets must be floating, bool or integer, got {targets.dtype}")
 
     reduce = reduction != "none"
-    loss = torch.ops.focalops.sigmoid_focal_loss(
-        inputs, targets, float(alpha), float(gamma), ignore_index, reduce
-    )
+    loss = torch.ops.focalops.sigmoid_focal_loss(inputs, targets, float(alpha), float(gamma), ignore_index, reduce)
     if reduction == "mean":
         loss = loss / inputs.numel() if inputs.numel() > 0 else loss / 0.0
     if normalizer is not None:
         if isinstance(normalizer, Tensor):
             if normalizer.numel() != 1:
-                raise ValueError(
-                    f"sigmoid_focal_loss: normalizer must be a number or a 0-d tensor, got {list(normalizer.shape)}"
-                )
+                raise ValueError(f"sigmoid_focal_loss: normalizer must be a number or a 0-d tensor, got {list(normalizer.shape)}")
             loss = loss / normalizer.reshape(()).to(device=loss.device)
         elif isinstance(normalizer, Real) and normalizer > 0:
             loss = loss / float(normalizer)
         else:
-            raise ValueError(
-                f"sigmoid_focal_loss: normalizer must be a positive number or a tensor, got {normalizer!r}"
-            )
+            raise ValueError(f"sigmoid_focal_loss: normalizer must be a positive number or a tensor, got {normalizer!r}")
     return loss.to(inputs.dtype)
 
 
 class SigmoidFocalLoss(nn.Module):
     """Module form of :func:`sigmoid_focal_loss` (same arguments; ``normalizer`` per call)."""
 
-    def __init__(
-        self, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "none", ignore_index: int = -2
-    ):
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "none", ignore_index: int = -2):
         super().__init__()
         if reduction not in _REDUCTIONS:
             raise ValueError(f"SigmoidFocalLoss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
         self.alpha, self.gamma, self.reduction, self.ignore_index = alpha, gamma, reduction, ignore_index
 
-    def forward(
-        self, inputs: Tensor, targets: Tensor, normalizer: Optional[Union[float, Tensor]] = None
-    ) -> Tensor:
+    def forward(self, inputs: Tensor, targets: Tensor, normalizer: Optional[Union[float, Tensor]] = None) -> Tensor:
         return sigmoid_focal_loss(
-            inputs,
-            targets,
-            self.alpha,
-            self.gamma,
-            self.reduction,
-            normalizer=normalizer,
-            ignore_index=self.ignore_index,
+            inputs, targets, self.alpha, self.gamma, self.reduction, normalizer=normalizer, ignore_index=self.ignore_index
         )
 
     def extra_repr(self) -> str:
