@@ -242,9 +242,11 @@ def test_assign_cuh_compiles(tmp_path):
     src = tmp_path / "assign_check.cu"
     src.write_text(
         '#include <cuda_fp16.h>\n#include <cuda_bf16.h>\n#include "cuda/assign.cuh"\n'
-        "namespace fc = focalops::cuda;\n"  # the assign kernels are not templates: defined by the include
-        "#define INST(T) template __global__ void fc::retinanet_targets_kernel<T>(const int64_t*, const T*, "
-        "const int64_t*, const T*, int64_t, int64_t, int64_t, focalops::math::BoxWeights, int64_t*, T*, bool*);\n"
+        # the assign kernels are not templates: the include defines (and so compiles) them
+        "namespace fc = focalops::cuda;\n"
+        "#define INST(T) template __global__ void fc::retinanet_targets_kernel<T>("
+        "const int64_t*, const T*, const int64_t*, const T*, int64_t, int64_t, int64_t, "
+        "focalops::math::BoxWeights, int64_t*, T*, bool*);\n"
         "INST(float)\nINST(double)\nINST(__half)\nINST(__nv_bfloat16)\n"
     )
     csrc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
