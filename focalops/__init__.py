@@ -3,7 +3,8 @@
 from focalops import _meta  # noqa: F401  (fake kernels for torch.compile / opcheck)
 from focalops._extension import has_cuda_kernels
 from focalops.ops.focal_loss import SigmoidFocalLoss, sigmoid_focal_loss
+from focalops.ops.nms import batched_nms, nms, postprocess
 
 __version__ = "0.1.0"
 
-__all__ = ["SigmoidFocalLoss", "sigmoid_focal_loss", "has_cuda_kernels"]
+__all__ = ["SigmoidFocalLoss", "sigmoid_focal_loss", "has_cuda_kernels", "nms", "batched_nms", "postprocess"]
