@@ -32,7 +32,9 @@ def _check_boxes_scores(op: str, boxes, scores, iou_threshold) -> None:
     if scores.dim() != 1 or scores.shape[0] != boxes.shape[0]:
         raise ValueError(f"{op}: scores must be [N] with N = {boxes.shape[0]}, got {list(scores.shape)}")
     if boxes.device != scores.device:
-        raise ValueError(f"{op}: boxes and scores must be on the same device, got {boxes.device} and {scores.device}")
+        raise ValueError(
+            f"{op}: boxes and scores must be on the same device, got {boxes.device} and {scores.device}"
+        )
     _check_threshold(op, "iou_threshold", iou_threshold)
 
 
@@ -148,11 +150,15 @@ def postprocess(
         raise ValueError(f"{op}: cls_logits must be [B, A, K], got {list(cls_logits.shape)}")
     num_images, num_anchors, _ = cls_logits.shape
     if box_deltas.shape != (num_images, num_anchors, 4):
-        raise ValueError(f"{op}: box_deltas must be [B, A, 4] = {[num_images, num_anchors, 4]}, got {list(box_deltas.shape)}")
+        raise ValueError(
+            f"{op}: box_deltas must be [B, A, 4] = {[num_images, num_anchors, 4]}, got {list(box_deltas.shape)}"
+        )
     if anchors.shape != (num_anchors, 4):
         raise ValueError(f"{op}: anchors must be [A, 4] = {[num_anchors, 4]}, got {list(anchors.shape)}")
     if image_sizes.shape != (num_images, 2):
-        raise ValueError(f"{op}: image_sizes must be [B, 2] = {[num_images, 2]} (height, width), got {list(image_sizes.shape)}")
+        raise ValueError(
+            f"{op}: image_sizes must be [B, 2] = {[num_images, 2]} (height, width), got {list(image_sizes.shape)}"
+        )
     for name, t in (("box_deltas", box_deltas), ("anchors", anchors), ("image_sizes", image_sizes)):
         if t.device != cls_logits.device:
             raise ValueError(f"{op}: {name} must be on {cls_logits.device}, got {t.device}")
