@@ -20,19 +20,25 @@ def _check_focal_args(inputs, targets, alpha, gamma):
     if targets.dtype == torch.int64:
         torch._check(
             inputs.dim() >= 1 and targets.shape == inputs.shape[:-1],
-            lambda: "sigmoid_focal_loss: class-index targets must have shape inputs.shape[:-1] = "
-            f"{list(inputs.shape[:-1])}, got {list(targets.shape)}",
+            lambda: (
+                "sigmoid_focal_loss: class-index targets must have shape inputs.shape[:-1] = "
+                f"{list(inputs.shape[:-1])}, got {list(targets.shape)}"
+            ),
         )
     else:
         torch._check(
             targets.dtype == inputs.dtype,
-            lambda: "sigmoid_focal_loss: targets must be int64 class indices or have the dtype of inputs "
-            f"({inputs.dtype}), got {targets.dtype}",
+            lambda: (
+                "sigmoid_focal_loss: targets must be int64 class indices or have the dtype of inputs "
+                f"({inputs.dtype}), got {targets.dtype}"
+            ),
         )
         torch._check(
             targets.shape == inputs.shape,
-            lambda: f"sigmoid_focal_loss: targets must have the shape of inputs {list(inputs.shape)}, "
-            f"got {list(targets.shape)}",
+            lambda: (
+                f"sigmoid_focal_loss: targets must have the shape of inputs {list(inputs.shape)}, "
+                f"got {list(targets.shape)}"
+            ),
         )
 
 
