@@ -122,6 +122,7 @@ at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, co
 template <typename T>
 struct Candidate {
   T score;
+  T logit;
   int64_t idx;  // flat (anchor in level, class) index within the level
 };
 
@@ -141,19 +142,28 @@ T logit_prefilter(T thresh) {
 }
 
 // The top `topk` candidates with score > thresh among n logits, best first. Sets nan_seen.
+// The buffer is cut back to the best topk whenever it holds 2 * topk; the logit of the k-th
+// best then becomes the cut (a later logit at or below it has a score at most equal and a
+// larger index, so it can never enter), which keeps the scan close to a plain compare.
 template <typename L, typename T>
 std::vector<Candidate<T>> select_candidates(const L* logits, int64_t n, T thresh, int64_t topk, bool& nan_seen) {
-  const T lo = logit_prefilter(thresh);
+  T lo = logit_prefilter(thresh);
+  const int64_t cap = topk > n / 2 ? n + 1 : 2 * topk;
   std::vector<Candidate<T>> c;
   for (int64_t i = 0; i < n; ++i) {
     const T x = static_cast<T>(logits[i]);
-    if (x <= lo) continue;
-    if (std::isnan(x)) {
-      nan_seen = true;
+    if (!(x > lo)) {
+      nan_seen |= std::isnan(x);
       continue;
     }
     const T s = math::sigmoid_score(x);
-    if (s > thresh) c.push_back({s, i});
+    if (!(s > thresh)) continue;
+    c.push_back({s, x, i});
+    if (static_cast<int64_t>(c.size()) == cap) {
+      std::nth_element(c.begin(), c.begin() + (topk - 1), c.end(), before<T>);
+      c.resize(topk);
+      lo = c[topk - 1].logit;
+    }
   }
   if (static_cast<int64_t>(c.size()) > topk) {
     std::nth_element(c.begin(), c.begin() + topk, c.end(), before<T>);
