@@ -61,7 +61,9 @@ def _sigmoid_focal_loss_backward_fake(grad, inputs, targets, alpha, gamma, ignor
 
 
 def _check_nms_args(op, boxes, scores, iou_threshold):
-    torch._check(boxes.dim() == 2 and boxes.shape[1] == 4, lambda: f"{op}: boxes must be [N, 4], got {list(boxes.shape)}")
+    torch._check(
+        boxes.dim() == 2 and boxes.shape[1] == 4, lambda: f"{op}: boxes must be [N, 4], got {list(boxes.shape)}"
+    )
     torch._check(
         scores.dim() == 1 and scores.shape[0] == boxes.shape[0],
         lambda: f"{op}: scores must be [N] with N = {boxes.shape[0]}, got {list(scores.shape)}",
@@ -96,17 +98,23 @@ def _batched_nms_fake(boxes, scores, idxs, iou_threshold):
 
 @torch.library.register_fake("focalops::postprocess")
 def _postprocess_fake(
-    cls_logits, box_deltas, anchors, level_sizes, image_sizes, score_thresh, topk_candidates, nms_thresh, detections_per_img
+    cls_logits, box_deltas, anchors, level_sizes, image_sizes, score_thresh, topk_candidates, nms_thresh, dets_per_img
 ):
-    torch._check(cls_logits.dim() == 3, lambda: f"postprocess: cls_logits must be [B, A, K], got {list(cls_logits.shape)}")
-    torch._check(cls_logits.dtype in _FLOATS, lambda: f"postprocess: cls_logits must be floating, got {cls_logits.dtype}")
+    torch._check(
+        cls_logits.dim() == 3, lambda: f"postprocess: cls_logits must be [B, A, K], got {list(cls_logits.shape)}"
+    )
+    torch._check(
+        cls_logits.dtype in _FLOATS, lambda: f"postprocess: cls_logits must be floating, got {cls_logits.dtype}"
+    )
     b, a, _ = cls_logits.shape
     mt = torch.float64 if cls_logits.dtype == torch.float64 else torch.float32
     torch._check(
         box_deltas.shape == (b, a, 4),
         lambda: f"postprocess: box_deltas must be [B, A, 4] = [{b}, {a}, 4], got {list(box_deltas.shape)}",
     )
-    torch._check(anchors.shape == (a, 4), lambda: f"postprocess: anchors must be [A, 4] = [{a}, 4], got {list(anchors.shape)}")
+    torch._check(
+        anchors.shape == (a, 4), lambda: f"postprocess: anchors must be [A, 4] = [{a}, 4], got {list(anchors.shape)}"
+    )
     torch._check(
         image_sizes.shape == (b, 2),
         lambda: f"postprocess: image_sizes must be [B, 2] = [{b}, 2] (height, width), got {list(image_sizes.shape)}",
@@ -115,12 +123,14 @@ def _postprocess_fake(
         box_deltas.dtype == mt and anchors.dtype == mt and image_sizes.dtype == mt,
         lambda: f"postprocess: box_deltas, anchors and image_sizes must be {mt}",
     )
-    torch._check(sum(level_sizes) == a, lambda: f"postprocess: level_sizes must sum to A = {a}, got {list(level_sizes)}")
+    torch._check(
+        sum(level_sizes) == a, lambda: f"postprocess: level_sizes must sum to A = {a}, got {list(level_sizes)}"
+    )
     torch._check(score_thresh >= 0, lambda: f"postprocess: score_thresh must be >= 0, got {score_thresh}")
     torch._check(topk_candidates >= 1, lambda: f"postprocess: topk_candidates must be >= 1, got {topk_candidates}")
     torch._check(nms_thresh >= 0, lambda: f"postprocess: nms_thresh must be >= 0, got {nms_thresh}")
-    torch._check(detections_per_img >= 0, lambda: f"postprocess: detections_per_img must be >= 0, got {detections_per_img}")
-    d = detections_per_img
+    torch._check(dets_per_img >= 0, lambda: f"postprocess: detections_per_img must be >= 0, got {dets_per_img}")
+    d = dets_per_img
     return (
         box_deltas.new_empty((b, d, 4)),
         box_deltas.new_empty((b, d)),

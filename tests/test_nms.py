@@ -79,9 +79,9 @@ def test_empty_and_single(device, n):
     boxes = random_boxes(n, 0, device=device)
     scores = torch.rand(n).to(device)
     assert focalops.nms(boxes, scores, 0.5).tolist() == list(range(n))
-    assert focalops.batched_nms(
-        boxes, scores, torch.zeros(n, dtype=torch.int64, device=device), 0.5
-    ).tolist() == list(range(n))
+    assert focalops.batched_nms(boxes, scores, torch.zeros(n, dtype=torch.int64, device=device), 0.5).tolist() == list(
+        range(n)
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
@@ -90,9 +90,7 @@ def test_dtypes(device, dtype):
     boxes = (random_boxes(200, 1) * 4).round().to(dtype=dtype, device=device)
     scores = torch.randperm(200, generator=torch.Generator().manual_seed(1)).to(dtype=dtype, device=device)
     keep = focalops.nms(boxes, scores, 0.3)
-    torch.testing.assert_close(
-        keep.cpu(), reference.nms(boxes.float().cpu(), scores.cpu(), 0.3), rtol=0, atol=0
-    )
+    torch.testing.assert_close(keep.cpu(), reference.nms(boxes.float().cpu(), scores.cpu(), 0.3), rtol=0, atol=0)
 
 
 def test_non_contiguous(device):
@@ -186,9 +184,7 @@ def test_cpp_checks_reject_bad_shapes():
     with pytest.raises(RuntimeError, match="iou_threshold must be >= 0"):
         torch.ops.focalops.nms(torch.zeros(2, 4), torch.zeros(2), -1.0)
     with pytest.raises(RuntimeError, match="idxs must be int64"):
-        torch.ops.focalops.batched_nms(
-            torch.zeros(2, 4), torch.zeros(2), torch.zeros(2, dtype=torch.int32), 0.5
-        )
+        torch.ops.focalops.batched_nms(torch.zeros(2, 4), torch.zeros(2), torch.zeros(2, dtype=torch.int32), 0.5)
 
 
 def test_cuda_kernels_registered():
@@ -223,6 +219,7 @@ FO_PP(double)
 def test_cuda_kernel_header_compiles(tmp_path):
     src = tmp_path / "nms_check.cu"
     src.write_text(NMS_INSTANTIATIONS)
-    cmd = ["nvcc", "-std=c++17", "-arch=sm_90", "-I", os.path.join(ROOT, "csrc"), "-c", str(src), "-o", str(tmp_path / "o.o")]
+    out = tmp_path / "o.o"
+    cmd = ["nvcc", "-std=c++17", "-arch=sm_90", "-I", os.path.join(ROOT, "csrc"), "-c", str(src), "-o", str(out)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr

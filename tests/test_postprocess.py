@@ -18,9 +18,7 @@ def make_inputs(
     g = torch.Generator().manual_seed(seed)
     num_anchors = sum(level_sizes)
     n = num_anchors * num_classes
-    logits = torch.stack(
-        [torch.linspace(lo, hi, n)[torch.randperm(n, generator=g)] for _ in range(num_images)]
-    )
+    logits = torch.stack([torch.linspace(lo, hi, n)[torch.randperm(n, generator=g)] for _ in range(num_images)])
     logits = logits.reshape(num_images, num_anchors, num_classes)
     xy = torch.rand(num_anchors, 2, generator=g) * 200
     anchors = torch.cat([xy, xy + 8 + torch.rand(num_anchors, 2, generator=g) * 60], 1)
@@ -137,9 +135,7 @@ def test_empty_shapes(device):
     logits, deltas, anchors, _, sizes = make_inputs(device=device)
     out = focalops.postprocess(logits[:, :0], deltas[:, :0], anchors[:0], [0, 0], sizes)
     assert out[0].shape == (2, 100, 4) and out[3].tolist() == [0, 0]
-    out = focalops.postprocess(
-        logits[:0], deltas[:0], anchors, [300, 80, 20], sizes[:0], detections_per_img=0
-    )
+    out = focalops.postprocess(logits[:0], deltas[:0], anchors, [300, 80, 20], sizes[:0], detections_per_img=0)
     assert out[0].shape == (0, 0, 4) and out[3].shape == (0,)
 
 

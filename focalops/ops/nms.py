@@ -32,9 +32,7 @@ def _check_boxes_scores(op: str, boxes, scores, iou_threshold) -> None:
     if scores.dim() != 1 or scores.shape[0] != boxes.shape[0]:
         raise ValueError(f"{op}: scores must be [N] with N = {boxes.shape[0]}, got {list(scores.shape)}")
     if boxes.device != scores.device:
-        raise ValueError(
-            f"{op}: boxes and scores must be on the same device, got {boxes.device} and {scores.device}"
-        )
+        raise ValueError(f"{op}: boxes and scores must be on the same device, got {boxes.device} and {scores.device}")
     _check_threshold(op, "iou_threshold", iou_threshold)
 
 
