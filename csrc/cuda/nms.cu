@@ -45,7 +45,8 @@ at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, cons
   at::Tensor perm = order;
   at::Tensor sorted_classes;
   if (idxs != nullptr) {
-    const at::Tensor by_class = std::get<1>(at::sort(idxs->index_select(0, order), /*stable=*/true, 0, false));
+    const at::Tensor classes_by_score = idxs->index_select(0, order);
+    const at::Tensor by_class = std::get<1>(at::sort(classes_by_score, /*stable=*/true, /*dim=*/0, /*descending=*/false));
     perm = order.index_select(0, by_class);
     sorted_classes = idxs->index_select(0, perm).contiguous();
   }
@@ -138,7 +139,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> postprocess_cuda(
   }
 
   // 2. Per image: order by (score desc, level, flat index): sort by key, then stable by score.
-  const at::Tensor by_key = std::get<1>(at::sort(cand_keys, /*dim=*/1));
+  const at::Tensor by_key = std::get<1>(at::sort(cand_keys, /*stable=*/false, /*dim=*/1, /*descending=*/false));
   const at::Tensor keyed_scores = cand_scores.gather(1, by_key);
   const auto by_score = at::sort(keyed_scores, /*stable=*/true, /*dim=*/1, /*descending=*/true);
   const at::Tensor perm = by_key.gather(1, std::get<1>(by_score));
