@@ -30,6 +30,28 @@ def test_nms_matches_reference(device, seed, thr):
     torch.testing.assert_close(keep.cpu(), reference.nms(boxes.cpu(), scores.cpu(), thr), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("thr", [0.0, 0.5])
+def test_many_boxes_mixed_sizes(device, thr):
+    # Enough boxes for the CPU's grid path: tiny, typical, huge, zero-area and duplicate boxes.
+    g = torch.Generator().manual_seed(3)
+    n = 3000
+    ctr = torch.rand(n, 2, generator=g) * 2000
+    side = torch.rand(n, 2, generator=g) * 60 * (1 + 30 * (torch.rand(n, 1, generator=g) < 0.02))
+    side[::97] = 0
+    boxes = torch.cat([ctr - side / 2, ctr + side / 2], 1)
+    boxes[1::50] = boxes[::50][: boxes[1::50].shape[0]]
+    scores = torch.rand(n, generator=g)
+    keep = focalops.nms(boxes.to(device), scores.to(device), thr)
+    torch.testing.assert_close(keep.cpu(), reference.nms(boxes, scores, thr), rtol=0, atol=0)
+
+
+def test_many_boxes_infinite_coordinates():
+    boxes = random_boxes(2500, 4)
+    boxes[7, 2] = float("inf")
+    scores = torch.rand(2500, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(focalops.nms(boxes, scores, 0.5), reference.nms(boxes, scores, 0.5), rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("num_classes", [1, 5, 1000])
 @pytest.mark.parametrize("seed", range(3))
 def test_batched_nms_matches_reference(device, num_classes, seed):

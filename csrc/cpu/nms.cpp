@@ -39,13 +39,81 @@ FO_CPU_CLONES void suppress_row(const float* box, const float* boxes, int64_t n,
 }
 
 // Greedy NMS over n boxes (float32, [n, 4]) given in processing order; keep[i] = 1 if kept.
-void greedy_nms(const float* boxes, int64_t n, float thr, uint8_t* keep) {
+// Each kept box removes the later boxes it overlaps too much: O(n * kept), for small n.
+void greedy_nms_dense(const float* boxes, int64_t n, float thr, uint8_t* keep) {
   std::vector<uint8_t> removed(n, 0);
   for (int64_t i = 0; i < n; ++i) {
     if (removed[i]) continue;
     keep[i] = 1;
     suppress_row(boxes + 4 * i, boxes + 4 * (i + 1), n - i - 1, thr, removed.data() + i + 1);
   }
+}
+
+// The same greedy result for many boxes: box i is kept iff no kept box has IoU > thr with it
+// (thr >= 0, so only boxes whose interiors overlap can interact). Kept boxes are filed in a
+// uniform grid of cells about one typical box wide; a box is tested only against the kept boxes
+// of the cells it touches (boxes spanning many cells are tested against, and filed in, a
+// separate list). Returns false (nothing written) if the coordinates are not all finite.
+bool greedy_nms_grid(const float* boxes, int64_t n, float thr, uint8_t* keep) {
+  float x0 = INFINITY, y0 = INFINITY, x1 = -INFINITY, y1 = -INFINITY;
+  std::vector<float> sides(n);
+  for (int64_t i = 0; i < n; ++i) {
+    const float* b = boxes + 4 * i;
+    x0 = std::min(x0, std::min(b[0], b[2]));
+    x1 = std::max(x1, std::max(b[0], b[2]));
+    y0 = std::min(y0, std::min(b[1], b[3]));
+    y1 = std::max(y1, std::max(b[1], b[3]));
+    sides[i] = std::max(b[2] - b[0], b[3] - b[1]);
+  }
+  if (!std::isfinite(x0) || !std::isfinite(x1) || !std::isfinite(y0) || !std::isfinite(y1)) return false;
+  std::nth_element(sides.begin(), sides.begin() + n / 2, sides.end());
+  constexpr int64_t kMaxCellsPerSide = 1024, kLargeSpan = 16;
+  double cell = std::max<double>(sides[n / 2], 1e-6);
+  cell = std::max(cell, std::max(double(x1) - x0, double(y1) - y0) / kMaxCellsPerSide);
+  const int64_t gx = static_cast<int64_t>((double(x1) - x0) / cell) + 1;
+  const int64_t gy = static_cast<int64_t>((double(y1) - y0) / cell) + 1;
+  auto cx = [&](float v) { return std::min<int64_t>(gx - 1, static_cast<int64_t>((double(v) - x0) / cell)); };
+  auto cy = [&](float v) { return std::min<int64_t>(gy - 1, static_cast<int64_t>((double(v) - y0) / cell)); };
+  std::vector<std::vector<int64_t>> cells(gx * gy);
+  std::vector<int64_t> large;  // kept boxes spanning many cells
+  std::vector<int64_t> kept;
+  auto hits = [&](const float* b, const std::vector<int64_t>& ids) {
+    for (const int64_t k : ids) {
+      if (math::iou(boxes + 4 * k, b) > thr) return true;
+    }
+    return false;
+  };
+  for (int64_t i = 0; i < n; ++i) {
+    const float* b = boxes + 4 * i;
+    const int64_t ax = cx(std::min(b[0], b[2])), bx = cx(std::max(b[0], b[2]));
+    const int64_t ay = cy(std::min(b[1], b[3])), by = cy(std::max(b[1], b[3]));
+    const bool is_large = (bx - ax + 1) * (by - ay + 1) > kLargeSpan;
+    bool removed = hits(b, large);
+    if (is_large) {
+      removed = removed || hits(b, kept);
+    } else {
+      for (int64_t y = ay; y <= by && !removed; ++y) {
+        for (int64_t x = ax; x <= bx && !removed; ++x) removed = hits(b, cells[y * gx + x]);
+      }
+    }
+    if (removed) continue;
+    keep[i] = 1;
+    kept.push_back(i);
+    if (is_large) {
+      large.push_back(i);
+    } else {
+      for (int64_t y = ay; y <= by; ++y) {
+        for (int64_t x = ax; x <= bx; ++x) cells[y * gx + x].push_back(i);
+      }
+    }
+  }
+  return true;
+}
+
+void greedy_nms(const float* boxes, int64_t n, float thr, uint8_t* keep) {
+  constexpr int64_t kGridMinBoxes = 2048;
+  if (n >= kGridMinBoxes && greedy_nms_grid(boxes, n, thr, keep)) return;
+  greedy_nms_dense(boxes, n, thr, keep);
 }
 
 // Indices of the kept boxes in decreasing score order (ties: lower index first), at most
