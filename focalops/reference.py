@@ -167,3 +167,86 @@ def retinanet_targets(
     box_targets = encode_boxes(torch.where(fg_mask[..., None], matched_boxes, anchors), anchors, weights)
     box_targets = torch.where(fg_mask[..., None], box_targets, torch.zeros_like(box_targets))
     return cls_targets, box_targets, fg_mask
+
+
+# ---------------------------------------------------------------------------------------------
+# NMS and RetinaNet post-processing (torchvision.ops.nms / batched_nms, RetinaNet
+# postprocess_detections), greedy and per image, per level.
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS: indices of the kept boxes by decreasing score (ties: lower index first)."""
+    idxs = torch.zeros(scores.shape[0], dtype=torch.int64, device=scores.device)
+    return batched_nms(boxes, scores, idxs, iou_threshold)
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """NMS within each category of idxs (boxes of different categories never suppress each other)."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    boxes, idxs = boxes[order], idxs[order]
+    n = order.numel()
+    suppressed = torch.zeros(n, dtype=torch.bool, device=boxes.device)
+    keep = []
+    for i in range(n):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        if i + 1 < n:
+            iou = box_iou(boxes[i : i + 1].float(), boxes[i + 1 :].float())[0]
+            suppressed[i + 1 :] |= (iou > iou_threshold) & (idxs[i + 1 :] == idxs[i])
+    return order[torch.tensor(keep, dtype=torch.int64, device=boxes.device)]
+
+
+def postprocess(
+    cls_logits: Tensor,
+    box_deltas: Tensor,
+    anchors: Tensor,
+    level_sizes,
+    image_sizes: Tensor,
+    score_thresh: float = 0.05,
+    topk_candidates: int = 1000,
+    nms_thresh: float = 0.5,
+    detections_per_img: int = 100,
+):
+    """torchvision RetinaNet.postprocess_detections, padded to detections_per_img per image."""
+    num_images, _, num_classes = cls_logits.shape
+    dtype = torch.promote_types(cls_logits.dtype, torch.float32)
+    device = cls_logits.device
+    out_boxes = torch.zeros(num_images, detections_per_img, 4, dtype=dtype, device=device)
+    out_scores = torch.zeros(num_images, detections_per_img, dtype=dtype, device=device)
+    out_labels = torch.full((num_images, detections_per_img), -1, dtype=torch.int64, device=device)
+    counts = torch.zeros(num_images, dtype=torch.int64, device=device)
+    for b in range(num_images):
+        height, width = (float(v) for v in image_sizes[b])
+        image_boxes, image_scores, image_labels = [], [], []
+        split = list(level_sizes)
+        levels = zip(cls_logits[b].split(split), box_deltas[b].split(split), anchors.split(split))
+        for logits_l, deltas_l, anchors_l in levels:
+            scores_l = torch.sigmoid(logits_l.to(dtype)).flatten()
+            keep_idxs = scores_l > score_thresh
+            scores_l = scores_l[keep_idxs]
+            topk_idxs = torch.where(keep_idxs)[0]
+            num_topk = min(topk_candidates, topk_idxs.numel())
+            scores_l, idxs = scores_l.topk(num_topk)
+            topk_idxs = topk_idxs[idxs]
+            anchor_idxs = torch.div(topk_idxs, num_classes, rounding_mode="floor")
+            labels_l = topk_idxs % num_classes
+            boxes_l = decode_boxes(deltas_l[anchor_idxs].to(dtype), anchors_l[anchor_idxs].to(dtype))
+            boxes_l = torch.stack(
+                (
+                    boxes_l[:, 0].clamp(0, width),
+                    boxes_l[:, 1].clamp(0, height),
+                    boxes_l[:, 2].clamp(0, width),
+                    boxes_l[:, 3].clamp(0, height),
+                ),
+                dim=1,
+            )
+            image_boxes.append(boxes_l)
+            image_scores.append(scores_l)
+            image_labels.append(labels_l)
+        boxes_b, scores_b, labels_b = torch.cat(image_boxes), torch.cat(image_scores), torch.cat(image_labels)
+        keep = batched_nms(boxes_b, scores_b, labels_b, nms_thresh)[:detections_per_img]
+        n = keep.numel()
+        out_boxes[b, :n], out_scores[b, :n], out_labels[b, :n] = boxes_b[keep], scores_b[keep], labels_b[keep]
+        counts[b] = n
+    return out_boxes, out_scores, out_labels, counts
