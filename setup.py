@@ -38,7 +38,7 @@ def _extension():
     with_cuda = _want_cuda()
     opt = ["-O0", "-g"] if debug else ["-O3"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cxx = opt + ["-std=c++17", "-DPy_LIMITED_API=0x03090000"]
+    cxx = opt + ["-DPy_LIMITED_API=0x03090000"]  # the C++ standard is torch's default
     kwargs = dict(
         name="focalops._C",
         include_dirs=[os.path.join(ROOT, "csrc")],
@@ -49,7 +49,7 @@ def _extension():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
             print("focalops: no GPU visible, TORCH_CUDA_ARCH_LIST defaults to 8.0;9.0")
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-        nvcc = opt + ["-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]
+        nvcc = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
         ext = CUDAExtension(sources=sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
     else:
         ext = CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kwargs)

@@ -76,7 +76,7 @@ def nvcc_jobs(nvcc_include_flags, tmp_path_factory):
     for source in CUDA_SOURCES:
         cmd = [
             "nvcc",
-            "-std=c++17",
+            "-std=c++20",
             "-arch=sm_90",
             "--expt-relaxed-constexpr",
             *nvcc_include_flags,
