@@ -18,13 +18,7 @@
 
 #include "checks/boxes.h"
 #include "math/box.h"
-
-// Run-time dispatch to AVX-512 / AVX2 clones of the hot loops (baseline-ISA build).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define FO_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define FO_CPU_CLONES
-#endif
+#include "cpu/vectorize.h"
 
 namespace focalops {
 namespace {

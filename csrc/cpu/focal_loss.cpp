@@ -15,16 +15,7 @@
 
 #include "checks/focal_loss.h"
 #include "math/focal_loss.h"
-
-// Run-time dispatch to AVX-512 / AVX2 clones of the hot loop (the extension is built for the
-// baseline ISA, like torch's own default kernels).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define FO_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#define FO_ALWAYS_INLINE __attribute__((always_inline)) inline
-#else
-#define FO_CPU_CLONES
-#define FO_ALWAYS_INLINE inline
-#endif
+#include "cpu/vectorize.h"
 
 namespace focalops {
 namespace {

@@ -8,22 +8,10 @@
 
 #include "checks/focal_loss.h"
 #include "cuda/focal_loss.cuh"
+#include "cuda/storage.h"
 
 namespace focalops {
 namespace {
-
-template <typename scalar_t>
-struct CudaStorage {
-  using type = scalar_t;
-};
-template <>
-struct CudaStorage<at::Half> {
-  using type = __half;
-};
-template <>
-struct CudaStorage<at::BFloat16> {
-  using type = __nv_bfloat16;
-};
 
 int max_blocks() {
   return at::cuda::getCurrentDeviceProperties()->multiProcessorCount * 8;

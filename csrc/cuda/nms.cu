@@ -13,22 +13,10 @@
 
 #include "checks/nms.h"
 #include "cuda/nms.cuh"
+#include "cuda/storage.h"
 
 namespace focalops {
 namespace {
-
-template <typename scalar_t>
-struct CudaStorage {
-  using type = scalar_t;
-};
-template <>
-struct CudaStorage<at::Half> {
-  using type = __half;
-};
-template <>
-struct CudaStorage<at::BFloat16> {
-  using type = __nv_bfloat16;
-};
 
 uint64_t* words(const at::Tensor& t) {
   return reinterpret_cast<uint64_t*>(t.data_ptr<int64_t>());
