@@ -108,6 +108,10 @@ def _decode_boxes_fake(deltas, anchors, weights, clamp):
 @torch.library.register_fake("focalops::_decode_boxes_backward")
 def _decode_boxes_backward_fake(grad, deltas, anchors, weights, clamp):
     _check_coder("_decode_boxes_backward", "deltas", deltas, anchors, weights)
+    torch._check(
+        grad.shape == deltas.shape and grad.dtype == deltas.dtype and grad.device == deltas.device,
+        lambda: "_decode_boxes_backward: grad must have the shape, dtype and device of deltas",
+    )
     return torch.empty_like(deltas, memory_format=torch.contiguous_format)
 
 

@@ -35,6 +35,14 @@ inline void check_coder_args(const char* op, const char* name, const at::Tensor&
   TORCH_CHECK(weights.size() == 4, op, ": weights must have 4 entries, got ", weights.size());
 }
 
+inline void check_decode_backward_args(const at::Tensor& grad, const at::Tensor& deltas, const at::Tensor& anchors,
+                                       at::ArrayRef<double> weights) {
+  check_coder_args("_decode_boxes_backward", "deltas", deltas, anchors, weights);
+  TORCH_CHECK(grad.sizes() == deltas.sizes() && grad.scalar_type() == deltas.scalar_type() &&
+                  grad.device() == deltas.device(),
+              "_decode_boxes_backward: grad must have the shape, dtype and device of deltas");
+}
+
 inline math::BoxWeights box_weights(at::ArrayRef<double> w) {
   return {static_cast<float>(w[0]), static_cast<float>(w[1]), static_cast<float>(w[2]), static_cast<float>(w[3])};
 }

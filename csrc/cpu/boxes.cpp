@@ -117,9 +117,7 @@ at::Tensor decode_boxes_cpu(const at::Tensor& deltas, const at::Tensor& anchors,
 
 at::Tensor decode_boxes_backward_cpu(const at::Tensor& grad, const at::Tensor& deltas, const at::Tensor& anchors,
                                      at::ArrayRef<double> weights, double clamp) {
-  check_coder_args("_decode_boxes_backward", "deltas", deltas, anchors, weights);
-  TORCH_CHECK(grad.sizes() == deltas.sizes() && grad.scalar_type() == deltas.scalar_type(),
-              "_decode_boxes_backward: grad must have the shape and dtype of deltas");
+  check_decode_backward_args(grad, deltas, anchors, weights);
   return coder_cpu<Coder::kDecodeBackward>(deltas, anchors, &grad, weights, clamp);
 }
 

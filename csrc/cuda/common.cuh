@@ -59,9 +59,10 @@ __device__ __forceinline__ __nv_bfloat16 store_from_opmath<__nv_bfloat16, float>
   return __float2bfloat16_rn(v);
 }
 
-// N values loaded or stored as one 16-byte access.
+// N values loaded or stored as one access (16 bytes for a full pack; N = 1 is a plain scalar,
+// so the tail and the unaligned path never claim more alignment than the data has).
 template <typename T, int N>
-struct alignas(16) Pack {
+struct alignas(sizeof(T) * N) Pack {
   T v[N];
 };
 

@@ -13,8 +13,8 @@
 namespace focalops {
 namespace {
 
-int max_blocks() {
-  return at::cuda::getCurrentDeviceProperties()->multiProcessorCount * 8;
+int multiprocessors() {
+  return at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
 }
 
 // mode: cuda::kFocalLoss / kFocalSum / kFocalGrad. `grad` is the incoming gradient (kFocalGrad).
@@ -31,8 +31,10 @@ at::Tensor focal_cuda(int mode, const at::Tensor& inputs, const at::Tensor& targ
                                               : grad.reshape({}).to(acc_dtype);
   at::Tensor out = mode == cuda::kFocalSum ? at::empty({}, x.options().dtype(acc_dtype)) : at::empty_like(x);
   if (x.numel() == 0) return mode == cuda::kFocalSum ? out.zero_() : out;
-  const int blocks = max_blocks();
-  const at::Tensor partials = mode == cuda::kFocalSum ? at::empty({blocks}, x.options().dtype(acc_dtype)) : at::Tensor();
+  const int sms = multiprocessors();
+  const at::Tensor partials = mode == cuda::kFocalSum
+                                  ? at::empty({cuda::kFocalMaxBlocksPerSm * sms}, x.options().dtype(acc_dtype))
+                                  : at::Tensor();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sigmoid_focal_loss_cuda", [&] {
     using T = typename CudaStorage<scalar_t>::type;
@@ -51,7 +53,7 @@ at::Tensor focal_cuda(int mode, const at::Tensor& inputs, const at::Tensor& targ
     A* part = mode == cuda::kFocalSum ? partials.data_ptr<A>() : nullptr;
     C10_CUDA_CHECK(cuda::launch_focal<T>(mode, hard, math::gamma_kind(gamma),
                                          reinterpret_cast<const T*>(x.data_ptr<scalar_t>()), tp, lp, gp, op, part, sum,
-                                         args, blocks, stream));
+                                         args, sms, stream));
   });
   return out;
 }

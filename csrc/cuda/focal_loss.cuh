@@ -136,56 +136,69 @@ __global__ void __launch_bounds__(1024) focal_sum_finalize(const A* __restrict__
   if (threadIdx.x == 0) *out = v;
 }
 
-inline int focal_grid(int64_t numel, bool vec, int elems_per_pack, int max_blocks) {
-  const int64_t work = vec ? numel / elems_per_pack + numel % elems_per_pack : numel;
-  const int64_t blocks = (work + kFocalThreads - 1) / kFocalThreads;
-  return static_cast<int>(blocks < 1 ? 1 : blocks > max_blocks ? max_blocks : blocks);
-}
+template <typename T, bool kHard, int kMode>
+using FocalKernel = void (*)(const T*, const T*, const int64_t*, const T*, T*, typename OpMath<T>::type*,
+                             FocalArgs<typename OpMath<T>::type>, bool);
 
 template <typename T, bool kHard, int kMode>
-void launch_focal_gamma(int gk, int grid, cudaStream_t stream, const T* x, const T* soft, const int64_t* labels,
-                        const T* grad_each, T* out, typename OpMath<T>::type* partials,
-                        const FocalArgs<typename OpMath<T>::type>& args, bool vec) {
+FocalKernel<T, kHard, kMode> focal_kernel_for(int gk) {
   switch (gk) {
-    case math::kGammaZero:
-      focal_kernel<T, kHard, math::kGammaZero, kMode><<<grid, kFocalThreads, 0, stream>>>(x, soft, labels, grad_each, out, partials, args, vec);
-      break;
-    case math::kGammaOne:
-      focal_kernel<T, kHard, math::kGammaOne, kMode><<<grid, kFocalThreads, 0, stream>>>(x, soft, labels, grad_each, out, partials, args, vec);
-      break;
-    case math::kGammaTwo:
-      focal_kernel<T, kHard, math::kGammaTwo, kMode><<<grid, kFocalThreads, 0, stream>>>(x, soft, labels, grad_each, out, partials, args, vec);
-      break;
-    default:
-      focal_kernel<T, kHard, math::kGammaAny, kMode><<<grid, kFocalThreads, 0, stream>>>(x, soft, labels, grad_each, out, partials, args, vec);
+    case math::kGammaZero: return focal_kernel<T, kHard, math::kGammaZero, kMode>;
+    case math::kGammaOne: return focal_kernel<T, kHard, math::kGammaOne, kMode>;
+    case math::kGammaTwo: return focal_kernel<T, kHard, math::kGammaTwo, kMode>;
+    default: return focal_kernel<T, kHard, math::kGammaAny, kMode>;
   }
 }
 
-// Launches one focal loss pass. mode kFocalSum writes the 0-d sum to sum_out (partials must
-// hold max_blocks values); kFocalLoss / kFocalGrad write numel values to out.
+// One wave of resident blocks (no partial second wave of the grid-stride loop), fewer when
+// the work is small. Returns the grid used (the number of partial sums), or 0 on error.
+template <typename T, bool kHard, int kMode>
+int launch_focal_kernel(int gk, int sms, cudaStream_t stream, const T* x, const T* soft, const int64_t* labels,
+                        const T* grad_each, T* out, typename OpMath<T>::type* partials,
+                        const FocalArgs<typename OpMath<T>::type>& args, bool vec) {
+  const FocalKernel<T, kHard, kMode> kernel = focal_kernel_for<T, kHard, kMode>(gk);
+  int per_sm = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kFocalThreads, 0) != cudaSuccess) return 0;
+  constexpr int N = 16 / sizeof(T);
+  const int64_t work = vec ? args.numel / N + args.numel % N : args.numel;
+  const int64_t wanted = (work + kFocalThreads - 1) / kFocalThreads;
+  const int64_t resident = static_cast<int64_t>(per_sm > 0 ? per_sm : 1) * sms;
+  const int grid = static_cast<int>(wanted < 1 ? 1 : wanted < resident ? wanted : resident);
+  kernel<<<grid, kFocalThreads, 0, stream>>>(x, soft, labels, grad_each, out, partials, args, vec);
+  return grid;
+}
+
+// Launches one focal loss pass on `sms` multiprocessors. kFocalSum writes the 0-d sum to
+// sum_out (partials must hold kFocalMaxBlocksPerSm * sms values); kFocalLoss / kFocalGrad
+// write numel values to out.
+constexpr int kFocalMaxBlocksPerSm = 2048 / kFocalThreads;
+
 template <typename T>
 cudaError_t launch_focal(int mode, bool hard, int gk, const T* x, const T* soft, const int64_t* labels,
                          const T* grad_each, T* out, typename OpMath<T>::type* partials,
-                         typename OpMath<T>::type* sum_out, const FocalArgs<typename OpMath<T>::type>& args,
-                         int max_blocks, cudaStream_t stream) {
-  constexpr int N = 16 / sizeof(T);
+                         typename OpMath<T>::type* sum_out, const FocalArgs<typename OpMath<T>::type>& args, int sms,
+                         cudaStream_t stream) {
   auto aligned = [](const void* p) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % 16 == 0; };
   const bool vec = aligned(x) && aligned(soft) && aligned(grad_each) && aligned(out);
-  const int grid = focal_grid(args.numel, vec, N, max_blocks);
+  int grid = 0;
   if (mode == kFocalSum) {
-    hard ? launch_focal_gamma<T, true, kFocalSum>(gk, grid, stream, x, soft, labels, grad_each, out, partials, args, vec)
-         : launch_focal_gamma<T, false, kFocalSum>(gk, grid, stream, x, soft, labels, grad_each, out, partials, args, vec);
-    cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) return err;
-    focal_sum_finalize<<<1, 1024, 0, stream>>>(partials, grid, sum_out);
+    grid = hard ? launch_focal_kernel<T, true, kFocalSum>(gk, sms, stream, x, soft, labels, grad_each, out, partials,
+                                                          args, vec)
+                : launch_focal_kernel<T, false, kFocalSum>(gk, sms, stream, x, soft, labels, grad_each, out, partials,
+                                                           args, vec);
+    if (grid > 0) focal_sum_finalize<<<1, 1024, 0, stream>>>(partials, grid, sum_out);
   } else if (mode == kFocalGrad) {
-    hard ? launch_focal_gamma<T, true, kFocalGrad>(gk, grid, stream, x, soft, labels, grad_each, out, partials, args, vec)
-         : launch_focal_gamma<T, false, kFocalGrad>(gk, grid, stream, x, soft, labels, grad_each, out, partials, args, vec);
+    grid = hard ? launch_focal_kernel<T, true, kFocalGrad>(gk, sms, stream, x, soft, labels, grad_each, out, partials,
+                                                           args, vec)
+                : launch_focal_kernel<T, false, kFocalGrad>(gk, sms, stream, x, soft, labels, grad_each, out,
+                                                            partials, args, vec);
   } else {
-    hard ? launch_focal_gamma<T, true, kFocalLoss>(gk, grid, stream, x, soft, labels, grad_each, out, partials, args, vec)
-         : launch_focal_gamma<T, false, kFocalLoss>(gk, grid, stream, x, soft, labels, grad_each, out, partials, args, vec);
+    grid = hard ? launch_focal_kernel<T, true, kFocalLoss>(gk, sms, stream, x, soft, labels, grad_each, out, partials,
+                                                           args, vec)
+                : launch_focal_kernel<T, false, kFocalLoss>(gk, sms, stream, x, soft, labels, grad_each, out,
+                                                            partials, args, vec);
   }
-  return cudaGetLastError();
+  return grid > 0 ? cudaGetLastError() : cudaErrorInvalidConfiguration;
 }
 
 }  // namespace cuda

@@ -89,8 +89,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> postprocess_cuda(
             at::zeros({B}, long_opts)};
   }
   const int64_t cb = cuda::nms_col_blocks(M);
-  TORCH_CHECK(cb * static_cast<int64_t>(sizeof(uint64_t)) <= 48 * 1024,
-              "postprocess: at most 393216 candidates per image on CUDA (levels * topk_candidates), got ", M);
+  TORCH_CHECK(B <= 65535, "postprocess: at most 65535 images per call on CUDA, got ", B);
+  // The mask row lives in shared memory: 48 KB less the kernel's static shared memory.
+  TORCH_CHECK(cb * static_cast<int64_t>(sizeof(uint64_t)) <= 47 * 1024,
+              "postprocess: at most 385024 candidates per image on CUDA (levels * topk_candidates), got ", M);
   const at::Tensor logits = cls_logits.contiguous();
   const at::Tensor deltas = box_deltas.contiguous();
   const at::Tensor anc = anchors.contiguous();

@@ -66,8 +66,9 @@ FO_HD void decode_box(const T* delta, const T* anchor, BoxWeights w, T clamp, T*
   T dh = delta[3] / T(w.wh);
   dw = dw < clamp ? dw : clamp;
   dh = dh < clamp ? dh : clamp;
-  const T cx = dx * aw + ax;
-  const T cy = dy * ah + ay;
+  // Unfused, like the CPU and torchvision, so CUDA boxes match bit for bit.
+  const T cx = mul_rn(dx, aw) + ax;
+  const T cy = mul_rn(dy, ah) + ay;
   const T half_w = T(0.5) * (exp_(dw) * aw);
   const T half_h = T(0.5) * (exp_(dh) * ah);
   out[0] = cx - half_w;
