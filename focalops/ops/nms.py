@@ -115,10 +115,12 @@ def postprocess(
     ``detections_per_img``. Scores are computed only for logits that can pass the threshold.
     Candidate order (top-k selection and NMS) is decreasing score with ties broken by the lower
     flat index ``anchor * K + class`` within a level, then by level (torchvision leaves the
-    order of exactly tied scores unspecified; on CUDA the top-k is taken on the logits and which
-    of several logits tied exactly at the top-k boundary is kept is unspecified). On CUDA the
-    output shapes are static and the op never synchronises with the host (CUDA-graph
-    capturable); ``levels * topk_candidates`` is limited to 393,216 there.
+    order of exactly tied scores unspecified). On CUDA the top-k is taken on the logits: where
+    more than ``topk_candidates`` distinct logits of a level round to the same float score at the
+    top-k boundary (float32 sigmoid is exactly 1 above ~16.6), CUDA keeps the larger logits and
+    the CPU the lower indices; which of exactly tied logits CUDA keeps there is unspecified. On
+    CUDA the output shapes are static and the op never synchronises with the host (CUDA-graph
+    capturable); there ``levels * topk_candidates`` is limited to 385,024 and B to 65,535.
 
     Args:
         cls_logits (Tensor[B, A, K]): class logits, float32 / float64 / float16 / bfloat16.
