@@ -2,8 +2,21 @@
 
 from focalops import _meta  # noqa: F401  (fake kernels for torch.compile / opcheck)
 from focalops._extension import has_cuda_kernels
+from focalops.ops.anchors import AnchorGenerator
+from focalops.ops.assign import assign, retinanet_targets
+from focalops.ops.boxes import box_iou, decode_boxes, encode_boxes
 from focalops.ops.focal_loss import SigmoidFocalLoss, sigmoid_focal_loss
 
 __version__ = "0.1.0"
 
-__all__ = ["SigmoidFocalLoss", "sigmoid_focal_loss", "has_cuda_kernels"]
+__all__ = [
+    "SigmoidFocalLoss",
+    "sigmoid_focal_loss",
+    "has_cuda_kernels",
+    "AnchorGenerator",
+    "box_iou",
+    "encode_boxes",
+    "decode_boxes",
+    "assign",
+    "retinanet_targets",
+]

@@ -1,0 +1,121 @@
+"""RetinaNet anchors for the pyramid levels P3-P7 (torchvision's AnchorGenerator convention)."""
+
+import math
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+_RETINANET_SCALES = (2.0**0, 2.0 ** (1.0 / 3), 2.0 ** (2.0 / 3))
+
+
+class AnchorGenerator:
+    """Anchors for every level of a feature pyramid, generated on the target device.
+
+    Convention (torchvision's ``AnchorGenerator`` as built by ``retinanet_resnet50_fpn``):
+
+    - level ``l`` has the anchor sizes ``int(sizes[l] * s)`` for each ``s`` in ``scales``
+      (torchvision truncates them to ints) and the aspect ratios ``ratios`` (height / width);
+    - the cell anchors of a level are ``round(stack([-ws, -hs, ws, hs]) / 2)`` with
+      ``hs = sqrt(r) * size`` and ``ws = size / sqrt(r)``, ordered ratio-major, size-minor;
+    - the anchors of a location are the cell anchors shifted by ``(x * stride, y * stride)``
+      (the top-left corner of the cell, not its centre).
+
+    Anchors are ordered level, then y, then x, then cell anchor: ``[A, 4]`` with
+    ``A = sum_l H_l * W_l * len(ratios) * len(scales)``, as ``(x1, y1, x2, y2)``.
+    Results are cached per (feature sizes, device, dtype); the cached tensor is returned as is,
+    so treat it as read-only.
+
+    Args:
+        sizes (sequence of float): base anchor size of each level. Default (32, 64, 128, 256, 512).
+        strides (sequence of int): stride in pixels of each level. Default (8, 16, 32, 64, 128).
+        ratios (sequence of float): aspect ratios (height / width). Default (0.5, 1.0, 2.0).
+        scales (sequence of float): size multipliers. Default (2**0, 2**(1/3), 2**(2/3)).
+
+    Raises:
+        ValueError: ``sizes`` and ``strides`` differ in length, or a size, stride, ratio or
+            scale is not positive.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[float] = (32, 64, 128, 256, 512),
+        strides: Sequence[int] = (8, 16, 32, 64, 128),
+        ratios: Sequence[float] = (0.5, 1.0, 2.0),
+        scales: Sequence[float] = _RETINANET_SCALES,
+    ):
+        if len(sizes) != len(strides):
+            raise ValueError(
+                "AnchorGenerator: sizes and strides must have one entry per level, "
+                f"got {len(sizes)} and {len(strides)}"
+            )
+        for name, values in (("sizes", sizes), ("strides", strides), ("ratios", ratios), ("scales", scales)):
+            if len(values) == 0 or not all(v > 0 for v in values):
+                raise ValueError(
+                    f"AnchorGenerator: {name} must be a non-empty sequence of positive numbers, "
+                    f"got {tuple(values)}"
+                )
+        self.sizes = tuple(sizes)
+        self.strides = tuple(int(s) for s in strides)
+        self.ratios = tuple(float(r) for r in ratios)
+        self.scales = tuple(float(s) for s in scales)
+        self._cache: Dict[Tuple, Tuple[Tensor, List[int]]] = {}
+
+    @property
+    def num_anchors_per_location(self) -> int:
+        return len(self.ratios) * len(self.scales)
+
+    def cell_anchors(self, level: int, device=None, dtype: torch.dtype = torch.float32) -> Tensor:
+        """The ``[len(ratios) * len(scales), 4]`` anchors of one location of ``level`` at the origin."""
+        sizes = torch.tensor([int(self.sizes[level] * s) for s in self.scales], dtype=dtype, device=device)
+        ratios = torch.tensor(self.ratios, dtype=dtype, device=device)
+        h_ratios = torch.sqrt(ratios)
+        w_ratios = 1 / h_ratios
+        ws = (w_ratios[:, None] * sizes[None, :]).view(-1)
+        hs = (h_ratios[:, None] * sizes[None, :]).view(-1)
+        return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
+
+    def __call__(
+        self, feature_sizes: Sequence[Tuple[int, int]], device=None, dtype: torch.dtype = torch.float32
+    ) -> Tuple[Tensor, List[int]]:
+        """Anchors for feature maps of the given ``(height, width)`` per level.
+
+        Returns:
+            (Tensor[A, 4], list[int]): the anchors and the number of anchors of each level.
+
+        Raises:
+            ValueError: ``feature_sizes`` does not have one ``(height, width)`` per level.
+        """
+        sizes = tuple((int(h), int(w)) for h, w in feature_sizes)
+        if len(sizes) != len(self.strides):
+            raise ValueError(
+                "AnchorGenerator: feature_sizes must give one (height, width) per level "
+                f"({len(self.strides)}), got {len(sizes)}"
+            )
+        device = torch.device(device if device is not None else "cpu")
+        key = (sizes, device, dtype)
+        if key not in self._cache:
+            self._cache[key] = self._build(sizes, device, dtype)
+        anchors, level_sizes = self._cache[key]
+        return anchors, list(level_sizes)
+
+    def for_image_size(
+        self, height: int, width: int, device=None, dtype: torch.dtype = torch.float32
+    ) -> Tuple[Tensor, List[int]]:
+        """Anchors for an input of ``height x width`` pixels: level ``l`` has
+        ``ceil(height / stride_l) x ceil(width / stride_l)`` locations (exact for a padded
+        multiple of the largest stride)."""
+        return self([(math.ceil(height / s), math.ceil(width / s)) for s in self.strides], device, dtype)
+
+    def _build(self, sizes, device, dtype):
+        levels, counts = [], []
+        for level, ((h, w), stride) in enumerate(zip(sizes, self.strides)):
+            base = self.cell_anchors(level, device, dtype)
+            shifts_x = torch.arange(0, w, dtype=torch.int32, device=device) * stride
+            shifts_y = torch.arange(0, h, dtype=torch.int32, device=device) * stride
+            shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
+            shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
+            shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1).to(dtype)
+            levels.append((shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4))
+            counts.append(levels[-1].shape[0])
+        return torch.cat(levels), counts
