@@ -167,3 +167,114 @@ def retinanet_targets(
     box_targets = encode_boxes(torch.where(fg_mask[..., None], matched_boxes, anchors), anchors, weights)
     box_targets = torch.where(fg_mask[..., None], box_targets, torch.zeros_like(box_targets))
     return cls_targets, box_targets, fg_mask
+
+# ---------------------------------------------------------------------------------------------
+# NMS and RetinaNet post-processing (torchvision.ops.nms / batched_nms, RetinaNet
+# postprocess_detections), greedy and per image, per level.
+
+
+def _box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
+    """torchvision's box_iou in float32; an empty union gives 0 (private: see box_iou above/elsewhere)."""
+    boxes1, boxes2 = boxes1.float(), boxes2.float()
+    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
+    lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
+    rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    wh = (rb - lt).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    union = area1[:, None] + area2[None, :] - inter
+    return torch.where(union > 0, inter / union, torch.zeros_like(inter))
+
+
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """Greedy NMS: indices of the kept boxes by decreasing score (ties: lower index first)."""
+    return batched_nms(boxes, scores, torch.zeros(scores.shape[0], dtype=torch.int64, device=scores.device), iou_threshold)
+
+
+def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
+    """NMS within each category of idxs (boxes of different categories never suppress each other)."""
+    order = torch.sort(scores, descending=True, stable=True).indices
+    boxes, idxs = boxes[order], idxs[order]
+    n = order.numel()
+    suppressed = torch.zeros(n, dtype=torch.bool, device=boxes.device)
+    keep = []
+    for i in range(n):
+        if suppressed[i]:
+            continue
+        keep.append(i)
+        if i + 1 < n:
+            over = (_box_iou(boxes[i : i + 1], boxes[i + 1 :])[0] > iou_threshold) & (idxs[i + 1 :] == idxs[i])
+            suppressed[i + 1 :] |= over
+    return order[torch.tensor(keep, dtype=torch.int64, device=boxes.device)]
+
+
+def _decode_boxes(deltas: Tensor, anchors: Tensor, clamp: float = math.log(1000.0 / 16)) -> Tensor:
+    """torchvision BoxCoder(weights=(1, 1, 1, 1)).decode_single."""
+    deltas = deltas.to(anchors.dtype)
+    widths = anchors[:, 2] - anchors[:, 0]
+    heights = anchors[:, 3] - anchors[:, 1]
+    ctr_x = anchors[:, 0] + 0.5 * widths
+    ctr_y = anchors[:, 1] + 0.5 * heights
+    dx, dy = deltas[:, 0], deltas[:, 1]
+    dw = torch.clamp(deltas[:, 2], max=clamp)
+    dh = torch.clamp(deltas[:, 3], max=clamp)
+    pred_ctr_x = dx * widths + ctr_x
+    pred_ctr_y = dy * heights + ctr_y
+    half_w = 0.5 * (torch.exp(dw) * widths)
+    half_h = 0.5 * (torch.exp(dh) * heights)
+    return torch.stack((pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h), dim=1)
+
+
+def postprocess(
+    cls_logits: Tensor,
+    box_deltas: Tensor,
+    anchors: Tensor,
+    level_sizes,
+    image_sizes: Tensor,
+    score_thresh: float = 0.05,
+    topk_candidates: int = 1000,
+    nms_thresh: float = 0.5,
+    detections_per_img: int = 100,
+):
+    """torchvision RetinaNet.postprocess_detections, padded to detections_per_img per image."""
+    num_images, _, num_classes = cls_logits.shape
+    dtype = torch.promote_types(cls_logits.dtype, torch.float32)
+    device = cls_logits.device
+    out_boxes = torch.zeros(num_images, detections_per_img, 4, dtype=dtype, device=device)
+    out_scores = torch.zeros(num_images, detections_per_img, dtype=dtype, device=device)
+    out_labels = torch.full((num_images, detections_per_img), -1, dtype=torch.int64, device=device)
+    counts = torch.zeros(num_images, dtype=torch.int64, device=device)
+    for b in range(num_images):
+        height, width = (float(v) for v in image_sizes[b])
+        image_boxes, image_scores, image_labels = [], [], []
+        for logits_l, deltas_l, anchors_l in zip(
+            cls_logits[b].split(list(level_sizes)), box_deltas[b].split(list(level_sizes)), anchors.split(list(level_sizes))
+        ):
+            scores_l = torch.sigmoid(logits_l.to(dtype)).flatten()
+            keep_idxs = scores_l > score_thresh
+            scores_l = scores_l[keep_idxs]
+            topk_idxs = torch.where(keep_idxs)[0]
+            num_topk = min(topk_candidates, topk_idxs.numel())
+            scores_l, idxs = scores_l.topk(num_topk)
+            topk_idxs = topk_idxs[idxs]
+            anchor_idxs = torch.div(topk_idxs, num_classes, rounding_mode="floor")
+            labels_l = topk_idxs % num_classes
+            boxes_l = _decode_boxes(deltas_l[anchor_idxs].to(dtype), anchors_l[anchor_idxs].to(dtype))
+            boxes_l = torch.stack(
+                (
+                    boxes_l[:, 0].clamp(0, width),
+                    boxes_l[:, 1].clamp(0, height),
+                    boxes_l[:, 2].clamp(0, width),
+                    boxes_l[:, 3].clamp(0, height),
+                ),
+                dim=1,
+            )
+            image_boxes.append(boxes_l)
+            image_scores.append(scores_l)
+            image_labels.append(labels_l)
+        boxes_b, scores_b, labels_b = torch.cat(image_boxes), torch.cat(image_scores), torch.cat(image_labels)
+        keep = batched_nms(boxes_b, scores_b, labels_b, nms_thresh)[:detections_per_img]
+        n = keep.numel()
+        out_boxes[b, :n], out_scores[b, :n], out_labels[b, :n] = boxes_b[keep], scores_b[keep], labels_b[keep]
+        counts[b] = n
+    return out_boxes, out_scores, out_labels, counts
