@@ -46,7 +46,9 @@ class CocoDetection(torch.utils.data.Dataset):
         per_image: Dict[int, List[Tuple[List[float], int]]] = defaultdict(list)
         for ann in data["annotations"]:
             if ann["category_id"] not in cat_to_label:
-                raise ValueError(f"CocoDetection: annotation {ann.get('id')} has unknown category_id {ann['category_id']}")
+                raise ValueError(
+                    f"CocoDetection: annotation {ann.get('id')} has unknown category_id {ann['category_id']}"
+                )
             x, y, w, h = ann["bbox"]
             if ann.get("iscrowd", 0) or w <= 0 or h <= 0:
                 continue

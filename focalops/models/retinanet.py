@@ -29,14 +29,22 @@ def _ops_table(name: str) -> _Ops:
     import focalops
     from focalops import reference
 
-    if name == "focalops":
-        src = focalops
-    elif name == "reference":
-        src = reference
-    else:
+    if name not in ("focalops", "reference"):
         raise ValueError(f"RetinaNet: ops must be 'focalops' or 'reference', got {name!r}")
+    src = focalops if name == "focalops" else reference
+
+    def pick(op: str):
+        # An op not (yet) exported by focalops runs on its reference behind the same call;
+        # `RetinaNet.ops_on_reference` lists them.
+        return getattr(src, op, None) or getattr(reference, op)
+
+    # Anchors are generated once per feature-map size and cached: one generator serves both.
     return _Ops(
-        src.AnchorGenerator, src.assign, src.retinanet_targets, src.sigmoid_focal_loss, src.postprocess
+        focalops.AnchorGenerator,
+        pick("assign"),
+        pick("retinanet_targets"),
+        pick("sigmoid_focal_loss"),
+        pick("postprocess"),
     )
 
 
@@ -64,7 +72,11 @@ class _Subnet(nn.Module):
             y = self.out(self.convs(x))
             n, _, h, w = y.shape
             # [N, A*C, H, W] -> [N, H*W*A, C]: the (level, y, x, anchor) order of AnchorGenerator.
-            outs.append(y.view(n, self.num_anchors, self.per_anchor, h, w).permute(0, 3, 4, 1, 2).reshape(n, -1, self.per_anchor))
+            outs.append(
+                y.view(n, self.num_anchors, self.per_anchor, h, w)
+                .permute(0, 3, 4, 1, 2)
+                .reshape(n, -1, self.per_anchor)
+            )
         return torch.cat(outs, dim=1)
 
 
@@ -152,7 +164,9 @@ class RetinaNet(nn.Module):
         self.fpn = FPN(self.backbone.out_channels, fpn_channels)
         num_anchors = 9
         prior = 0.01
-        self.classification_head = _Subnet(fpn_channels, num_anchors, num_classes, head_convs, -math.log((1 - prior) / prior))
+        self.classification_head = _Subnet(
+            fpn_channels, num_anchors, num_classes, head_convs, -math.log((1 - prior) / prior)
+        )
         self.regression_head = _Subnet(fpn_channels, num_anchors, 4, head_convs, 0.0)
         self.register_buffer("pixel_mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -161,6 +175,13 @@ class RetinaNet(nn.Module):
     @property
     def ops(self) -> str:
         return self._ops_name
+
+    @property
+    def ops_on_reference(self) -> List[str]:
+        """Names of the ops that run on ``focalops.reference`` (all of them with ``ops="reference"``)."""
+        from focalops import reference
+
+        return [op for op in _Ops._fields[1:] if getattr(self._ops, op) is getattr(reference, op)]
 
     @ops.setter
     def ops(self, name: str) -> None:
@@ -172,14 +193,18 @@ class RetinaNet(nn.Module):
     def _batch_images(self, images: Union[Tensor, List[Tensor]]) -> Tuple[Tensor, List[Tuple[int, int]]]:
         if isinstance(images, Tensor):
             if images.dim() != 4 or images.shape[1] != 3:
-                raise ValueError(f"RetinaNet: images must be [B, 3, H, W] or a list of [3, H, W], got {list(images.shape)}")
+                raise ValueError(
+                    f"RetinaNet: images must be [B, 3, H, W] or a list of [3, H, W], got {list(images.shape)}"
+                )
             sizes = [(images.shape[-2], images.shape[-1])] * images.shape[0]
             batch = (images - self.pixel_mean) / self.pixel_std
             pad_h = -images.shape[-2] % _PAD_MULTIPLE
             pad_w = -images.shape[-1] % _PAD_MULTIPLE
             return F.pad(batch, (0, pad_w, 0, pad_h)), sizes
         if not isinstance(images, (list, tuple)) or len(images) == 0:
-            raise ValueError("RetinaNet: images must be a non-empty list of [3, H, W] tensors or a [B, 3, H, W] tensor")
+            raise ValueError(
+                "RetinaNet: images must be a non-empty list of [3, H, W] tensors or a [B, 3, H, W] tensor"
+            )
         for i, img in enumerate(images):
             if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != 3:
                 shape = list(img.shape) if isinstance(img, Tensor) else type(img).__name__
@@ -203,7 +228,9 @@ class RetinaNet(nn.Module):
         """
         if not isinstance(targets, (list, tuple)) or len(targets) != num_images:
             got = len(targets) if isinstance(targets, (list, tuple)) else type(targets).__name__
-            raise ValueError(f"RetinaNet: training needs a list of {num_images} target dicts (one per image), got {got}")
+            raise ValueError(
+                f"RetinaNet: training needs a list of {num_images} target dicts (one per image), got {got}"
+            )
         boxes, labels = [], []
         for i, t in enumerate(targets):
             if not isinstance(t, dict) or "boxes" not in t or "labels" not in t:
@@ -211,26 +238,51 @@ class RetinaNet(nn.Module):
             b, lab = t["boxes"], t["labels"]
             if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[-1] != 4 or not b.dtype.is_floating_point:
                 shape = list(b.shape) if isinstance(b, Tensor) else type(b).__name__
-                raise ValueError(f"RetinaNet: boxes of image {i} must be a floating [G, 4] tensor, got {shape}")
-            if not isinstance(lab, Tensor) or lab.shape != b.shape[:1] or lab.dtype.is_floating_point or lab.dtype == torch.bool:
+                raise ValueError(
+                    f"RetinaNet: boxes of image {i} must be a floating [G, 4] tensor, got {shape}"
+                )
+            if (
+                not isinstance(lab, Tensor)
+                or lab.shape != b.shape[:1]
+                or lab.dtype.is_floating_point
+                or lab.dtype == torch.bool
+            ):
                 shape = list(lab.shape) if isinstance(lab, Tensor) else type(lab).__name__
-                raise ValueError(f"RetinaNet: labels of image {i} must be an integer [{b.shape[0]}] tensor, got {shape}")
+                raise ValueError(
+                    f"RetinaNet: labels of image {i} must be an integer [{b.shape[0]}] tensor, got {shape}"
+                )
             boxes.append(b.float())
             labels.append(lab.long())
         counts = torch.tensor([b.shape[0] for b in boxes], dtype=torch.int64)
-        gt_boxes = nn.utils.rnn.pad_sequence(boxes, batch_first=True) if counts.sum() > 0 else boxes[0].new_zeros(num_images, 0, 4)
-        gt_labels = nn.utils.rnn.pad_sequence(labels, batch_first=True) if counts.sum() > 0 else labels[0].new_zeros(num_images, 0)
+        gt_boxes = (
+            nn.utils.rnn.pad_sequence(boxes, batch_first=True)
+            if counts.sum() > 0
+            else boxes[0].new_zeros(num_images, 0, 4)
+        )
+        gt_labels = (
+            nn.utils.rnn.pad_sequence(labels, batch_first=True)
+            if counts.sum() > 0
+            else labels[0].new_zeros(num_images, 0)
+        )
         valid = torch.arange(gt_boxes.shape[1], device=gt_boxes.device) < counts.to(gt_boxes.device)[:, None]
         bad_label = ((gt_labels < 0) | (gt_labels >= self.num_classes)) & valid
-        bad_box = ((gt_boxes[..., 2] < gt_boxes[..., 0]) | (gt_boxes[..., 3] < gt_boxes[..., 1]) | ~gt_boxes.isfinite().all(-1)) & valid
+        bad_box = (
+            (gt_boxes[..., 2] < gt_boxes[..., 0])
+            | (gt_boxes[..., 3] < gt_boxes[..., 1])
+            | ~gt_boxes.isfinite().all(-1)
+        ) & valid
         bad = (bad_label | bad_box).any(1)
         if bad.any():
             i = int(bad.nonzero()[0, 0])
             if bad_label[i].any():
                 value = int(gt_labels[i][bad_label[i]][0])
-                raise ValueError(f"RetinaNet: labels of image {i} must be in [0, {self.num_classes}), got {value}")
+                raise ValueError(
+                    f"RetinaNet: labels of image {i} must be in [0, {self.num_classes}), got {value}"
+                )
             box = gt_boxes[i][bad_box[i]][0].tolist()
-            raise ValueError(f"RetinaNet: boxes of image {i} must be finite (x1, y1, x2, y2) with x2 >= x1 and y2 >= y1, got {box}")
+            raise ValueError(
+                f"RetinaNet: boxes of image {i} must be finite (x1, y1, x2, y2) with x2 >= x1 and y2 >= y1, got {box}"
+            )
         return gt_boxes.to(device), gt_labels.to(device), counts.to(device)
 
     # ---- forward ---------------------------------------------------------------------------
@@ -239,7 +291,9 @@ class RetinaNet(nn.Module):
         gt = None
         if self.training:
             if targets is None:
-                raise ValueError("RetinaNet: targets are required in training mode (call model.eval() for inference)")
+                raise ValueError(
+                    "RetinaNet: targets are required in training mode (call model.eval() for inference)"
+                )
             gt = self._pad_targets(targets, batch.shape[0], batch.device)
         features = self.fpn(self.backbone(batch))
         cls_logits = self.classification_head(features)
@@ -254,14 +308,19 @@ class RetinaNet(nn.Module):
         return self.anchor_generator([tuple(f.shape[-2:]) for f in features], device=features[0].device)
 
     def compute_loss(
-        self, cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, gt_boxes: Tensor, gt_labels: Tensor, gt_counts: Tensor
+        self,
+        cls_logits: Tensor,
+        box_deltas: Tensor,
+        anchors: Tensor,
+        gt_boxes: Tensor,
+        gt_labels: Tensor,
+        gt_counts: Tensor,
     ) -> Dict[str, Tensor]:
         """The batched RetinaNet losses from head outputs ``[B, A, K]``, ``[B, A, 4]``, anchors
         ``[A, 4]`` and padded ground truth ``[B, G, 4]``, ``[B, G]``, ``[B]``."""
         ops, cfg = self._ops, self.config
         matched = ops.assign(anchors, gt_boxes, gt_counts, cfg["fg_iou"], cfg["bg_iou"], True)
-        cls_targets, box_targets = ops.retinanet_targets(matched, gt_boxes, gt_labels, anchors)
-        foreground = cls_targets >= 0
+        cls_targets, box_targets, foreground = ops.retinanet_targets(matched, gt_boxes, gt_labels, anchors)
         # A device tensor: no host synchronisation in the step.
         num_fg = foreground.sum().clamp(min=1).to(torch.float32)
         cls_loss = ops.sigmoid_focal_loss(
@@ -272,7 +331,12 @@ class RetinaNet(nn.Module):
         return {"classification": cls_loss.float(), "bbox_regression": box_loss}
 
     def detect(
-        self, cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, level_sizes: List[int], image_sizes: Tensor
+        self,
+        cls_logits: Tensor,
+        box_deltas: Tensor,
+        anchors: Tensor,
+        level_sizes: List[int],
+        image_sizes: Tensor,
     ) -> List[Dict[str, Tensor]]:
         """Per-image detections from the head outputs (batched post-processing, then one split)."""
         cfg = self.config
