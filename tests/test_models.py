@@ -9,7 +9,12 @@ from focalops.models import FPN, FrozenBatchNorm2d, ResNet, RetinaNet, load_torc
 
 # torchvision's ImageNet ResNets have these many parameters including the 1000-way classifier
 # (fc: 512 * 1000 + 1000 for resnet18/34, 2048 * 1000 + 1000 for resnet50/101); ours has no fc.
-TORCHVISION_PARAMS = {"resnet18": 11_689_512, "resnet34": 21_797_672, "resnet50": 25_557_032, "resnet101": 44_549_160}
+TORCHVISION_PARAMS = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+}
 FC_PARAMS = {"resnet18": 513_000, "resnet34": 513_000, "resnet50": 2_049_000, "resnet101": 2_049_000}
 
 
@@ -171,7 +176,11 @@ def test_eval_output_format_and_equivalence():
         assert out["labels"].dtype == torch.int64
         assert (out["scores"][:-1] >= out["scores"][1:]).all()
         h, w = image.shape[-2:]
-        assert (out["boxes"][:, 0::2] <= w).all() and (out["boxes"][:, 1::2] <= h).all() and (out["boxes"] >= 0).all()
+        assert (
+            (out["boxes"][:, 0::2] <= w).all()
+            and (out["boxes"][:, 1::2] <= h).all()
+            and (out["boxes"] >= 0).all()
+        )
     for a, b in zip(outs["focalops"], outs["reference"]):
         for k in a:
             torch.testing.assert_close(a[k], b[k])
@@ -199,14 +208,35 @@ def test_state_dict_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "bad, match",
     [
-        ({"boxes": torch.zeros(2, 3), "labels": torch.zeros(2, dtype=torch.int64)}, "boxes of image 1 must be a floating"),
-        ({"boxes": torch.zeros(2, 4), "labels": torch.zeros(3, dtype=torch.int64)}, "labels of image 1 must be an integer"),
+        (
+            {"boxes": torch.zeros(2, 3), "labels": torch.zeros(2, dtype=torch.int64)},
+            "boxes of image 1 must be a floating",
+        ),
+        (
+            {"boxes": torch.zeros(2, 4), "labels": torch.zeros(3, dtype=torch.int64)},
+            "labels of image 1 must be an integer",
+        ),
         ({"boxes": torch.zeros(1, 4), "labels": torch.tensor([0.0])}, "labels of image 1 must be an integer"),
-        ({"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([3])}, r"labels of image 1 must be in \[0, 3\), got 3"),
-        ({"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([-1])}, r"labels of image 1 must be in \[0, 3\)"),
-        ({"boxes": torch.tensor([[10.0, 0, 5, 10]]), "labels": torch.tensor([0])}, "boxes of image 1 must be finite .* x2 >= x1"),
-        ({"boxes": torch.tensor([[0.0, 10, 5, 2]]), "labels": torch.tensor([0])}, "boxes of image 1 .*y2 >= y1"),
-        ({"boxes": torch.tensor([[0.0, 0, float("nan"), 2]]), "labels": torch.tensor([0])}, "boxes of image 1 must be finite"),
+        (
+            {"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([3])},
+            r"labels of image 1 must be in \[0, 3\), got 3",
+        ),
+        (
+            {"boxes": torch.tensor([[0.0, 0, 10, 10]]), "labels": torch.tensor([-1])},
+            r"labels of image 1 must be in \[0, 3\)",
+        ),
+        (
+            {"boxes": torch.tensor([[10.0, 0, 5, 10]]), "labels": torch.tensor([0])},
+            "boxes of image 1 must be finite .* x2 >= x1",
+        ),
+        (
+            {"boxes": torch.tensor([[0.0, 10, 5, 2]]), "labels": torch.tensor([0])},
+            "boxes of image 1 .*y2 >= y1",
+        ),
+        (
+            {"boxes": torch.tensor([[0.0, 0, float("nan"), 2]]), "labels": torch.tensor([0])},
+            "boxes of image 1 must be finite",
+        ),
         ({"labels": torch.tensor([0])}, "target of image 1 must be a dict with 'boxes' and 'labels'"),
     ],
 )
