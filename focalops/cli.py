@@ -326,7 +326,7 @@ def predict(args) -> List[dict]:
     return results
 
 
-def bench(args) -> int:
+def bench(argv: List[str]) -> int:
     try:
         from benchmarks.__main__ import main as bench_main
     except ImportError:
@@ -337,7 +337,7 @@ def bench(args) -> int:
             file=sys.stderr,
         )
         return 2
-    return bench_main(args.bench_args)
+    return bench_main(argv)
 
 
 # ---- argument parsing ------------------------------------------------------------------------
@@ -544,13 +544,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        # Everything after `bench` belongs to the benchmark runner (its own --help included).
+        return bench(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "train":
         train(args)
     elif args.command == "eval":
         evaluate(args)
-    elif args.command == "predict":
-        predict(args)
     else:
-        return bench(args)
+        predict(args)
     return 0
