@@ -291,3 +291,32 @@ def test_torch_compile_training_step():
     for k in eager:
         torch.testing.assert_close(out[k], eager[k], rtol=1e-4, atol=1e-5)
     sum(out.values()).backward()
+
+
+def test_short_training_run_learns_the_shapes_set():
+    """A tiny CPU run: the loss falls and mAP rises well above chance. Evaluated on the training
+    images (a memorisation check of the whole pipeline: anchors, assignment, targets, loss,
+    post-processing, COCO evaluation); generalising from scratch needs far longer runs."""
+    from focalops.data import ShapesDataset, collate
+    from focalops.engine import coco_map
+
+    torch.manual_seed(0)
+    data = ShapesDataset(8, image_size=128, num_classes=2, max_objects=3, min_size=0.25, seed=0)
+    loader = torch.utils.data.DataLoader(data, batch_size=4, collate_fn=collate)
+    model = RetinaNet(2, "resnet18", fpn_channels=64, head_convs=2)
+    before = coco_map(model, loader, 2, torch.device("cpu"), progress=False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    history = []
+    for _ in range(30):
+        for images, targets in loader:
+            losses = model(images, targets)
+            loss = sum(losses.values())
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            history.append(loss.item())
+    after = coco_map(model, loader, 2, torch.device("cpu"), progress=False)
+    first, last = sum(history[:4]) / 4, sum(history[-4:]) / 4
+    assert last < 0.35 * first, history
+    assert before["AP50"] < 0.05
+    assert after["AP50"] > 0.5 and after["AP"] > 0.25, after  # measured: 0.83 and 0.64
