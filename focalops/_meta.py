@@ -52,3 +52,100 @@ def _sigmoid_focal_loss_fake(inputs, targets, alpha, gamma, ignore_index, reduce
 def _sigmoid_focal_loss_backward_fake(grad, inputs, targets, alpha, gamma, ignore_index, reduce):
     _check_focal_args(inputs, targets, alpha, gamma)
     return torch.empty_like(inputs, memory_format=torch.contiguous_format)
+
+
+# Boxes, assignment, box coding (csrc/checks/boxes.h)
+
+
+def _check_box_dtype(op, name, t):
+    torch._check(
+        t.dtype in _FLOATS,
+        lambda: f"{op}: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}",
+    )
+
+
+@torch.library.register_fake("focalops::box_iou")
+def _box_iou_fake(boxes1, boxes2):
+    _check_box_dtype("box_iou", "boxes1", boxes1)
+    torch._check(
+        boxes1.dim() == 2 and boxes1.shape[1] == 4,
+        lambda: f"box_iou: boxes1 must be [N, 4], got {boxes1.shape}",
+    )
+    torch._check(
+        boxes2.dim() == 2 and boxes2.shape[1] == 4,
+        lambda: f"box_iou: boxes2 must be [M, 4], got {boxes2.shape}",
+    )
+    torch._check(boxes2.dtype == boxes1.dtype, lambda: "box_iou: boxes2 must have the dtype of boxes1")
+    return boxes1.new_empty((boxes1.shape[0], boxes2.shape[0]))
+
+
+def _check_coder(op, name, a, anchors, weights):
+    _check_box_dtype(op, name, a)
+    torch._check(a.dim() >= 1 and a.shape[-1] == 4, lambda: f"{op}: {name} must be [..., 4], got {a.shape}")
+    torch._check(anchors.dim() >= 1 and anchors.shape[-1] == 4, lambda: f"{op}: anchors must be [..., 4]")
+    torch._check(anchors.dtype == a.dtype, lambda: f"{op}: anchors must have the dtype of {name}")
+    torch._check(len(weights) == 4, lambda: f"{op}: weights must have 4 entries, got {len(weights)}")
+
+
+@torch.library.register_fake("focalops::encode_boxes")
+def _encode_boxes_fake(gt, anchors, weights):
+    _check_coder("encode_boxes", "gt", gt, anchors, weights)
+    return torch.empty_like(gt, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("focalops::decode_boxes")
+def _decode_boxes_fake(deltas, anchors, weights, clamp):
+    _check_coder("decode_boxes", "deltas", deltas, anchors, weights)
+    return torch.empty_like(deltas, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("focalops::_decode_boxes_backward")
+def _decode_boxes_backward_fake(grad, deltas, anchors, weights, clamp):
+    _check_coder("_decode_boxes_backward", "deltas", deltas, anchors, weights)
+    return torch.empty_like(deltas, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("focalops::assign")
+def _assign_fake(anchors, gt_boxes, gt_counts, fg_iou, bg_iou, allow_low_quality):
+    torch._check(
+        anchors.dtype == torch.float32, lambda: f"assign: anchors must be float32, got {anchors.dtype}"
+    )
+    torch._check(
+        gt_boxes.dtype == torch.float32, lambda: f"assign: gt_boxes must be float32, got {gt_boxes.dtype}"
+    )
+    torch._check(
+        gt_counts.dtype == torch.int64, lambda: f"assign: gt_counts must be int64, got {gt_counts.dtype}"
+    )
+    torch._check(
+        anchors.dim() == 2 and anchors.shape[1] == 4,
+        lambda: f"assign: anchors must be [A, 4], got {anchors.shape}",
+    )
+    torch._check(
+        gt_boxes.dim() == 3 and gt_boxes.shape[2] == 4,
+        lambda: f"assign: gt_boxes must be [B, G, 4], got {gt_boxes.shape}",
+    )
+    torch._check(
+        bg_iou <= fg_iou, lambda: f"assign: need bg_iou <= fg_iou, got fg_iou={fg_iou} and bg_iou={bg_iou}"
+    )
+    return anchors.new_empty((gt_boxes.shape[0], anchors.shape[0]), dtype=torch.int64)
+
+
+@torch.library.register_fake("focalops::retinanet_targets")
+def _retinanet_targets_fake(matched, gt_boxes, gt_labels, anchors, weights):
+    torch._check(
+        matched.dtype == torch.int64 and matched.dim() == 2,
+        lambda: "retinanet_targets: matched must be int64 [B, A]",
+    )
+    _check_box_dtype("retinanet_targets", "gt_boxes", gt_boxes)
+    torch._check(
+        anchors.dtype == gt_boxes.dtype, lambda: "retinanet_targets: anchors must have the dtype of gt_boxes"
+    )
+    torch._check(
+        len(weights) == 4, lambda: f"retinanet_targets: weights must have 4 entries, got {len(weights)}"
+    )
+    B, A = matched.shape
+    return (
+        matched.new_empty((B, A)),
+        gt_boxes.new_empty((B, A, 4)),
+        matched.new_empty((B, A), dtype=torch.bool),
+    )

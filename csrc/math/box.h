@@ -9,11 +9,13 @@ namespace math {
 
 template <typename T>
 FO_HD T box_area(T x1, T y1, T x2, T y2) {
-  return (x2 - x1) * (y2 - y1);
+  return mul_rn(x2 - x1, y2 - y1);
 }
 
 // torchvision's box_iou formula, except that an empty union gives 0 instead of NaN.
-// Callers that must agree bit for bit across devices (assignment, NMS) use T = float.
+// Callers that must agree bit for bit across devices (assignment, NMS) use T = float; the
+// products are never contracted into FMAs, so the result is also bit-identical to torch's
+// float32 box_iou on CPU.
 template <typename T>
 FO_HD T iou(const T* a, const T* b) {
   const T area_a = box_area(a[0], a[1], a[2], a[3]);
@@ -24,7 +26,7 @@ FO_HD T iou(const T* a, const T* b) {
   const T rb_y = a[3] < b[3] ? a[3] : b[3];
   const T w = fmax0(rb_x - lt_x);
   const T h = fmax0(rb_y - lt_y);
-  const T inter = w * h;
+  const T inter = mul_rn(w, h);
   const T uni = area_a + area_b - inter;
   return uni > T(0) ? inter / uni : T(0);
 }
@@ -72,6 +74,20 @@ FO_HD void decode_box(const T* delta, const T* anchor, BoxWeights w, T clamp, T*
   out[1] = cy - half_h;
   out[2] = cx + half_w;
   out[3] = cy + half_h;
+}
+
+// Gradient of decode_box with respect to the deltas, given the gradient of the box. dw and dh
+// pass gradient where they are <= clamp (torch.clamp's convention).
+template <typename T>
+FO_HD void decode_box_backward(const T* grad, const T* delta, const T* anchor, BoxWeights w, T clamp, T* grad_delta) {
+  const T aw = anchor[2] - anchor[0];
+  const T ah = anchor[3] - anchor[1];
+  const T dw = delta[2] / T(w.ww);
+  const T dh = delta[3] / T(w.wh);
+  grad_delta[0] = (grad[0] + grad[2]) * aw / T(w.wx);
+  grad_delta[1] = (grad[1] + grad[3]) * ah / T(w.wy);
+  grad_delta[2] = dw <= clamp ? (grad[2] - grad[0]) * (T(0.5) * exp_(dw) * aw) / T(w.ww) : T(0);
+  grad_delta[3] = dh <= clamp ? (grad[3] - grad[1]) * (T(0.5) * exp_(dh) * ah) / T(w.wh) : T(0);
 }
 
 }  // namespace math

@@ -47,6 +47,23 @@ FO_HD double log_(double x) { return ::log(x); }
 FO_HD float exp_(float x) { return expf(x); }
 FO_HD double exp_(double x) { return ::exp(x); }
 
+// Products that the compiler may not fuse into an FMA with a following add (nvcc contracts by
+// default; the host build does not): IoU must round identically on CPU and CUDA.
+FO_HD float mul_rn(float a, float b) {
+#if defined(__CUDA_ARCH__)
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+FO_HD double mul_rn(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
 FO_HD float fmax0(float x) { return x > 0.f ? x : 0.f; }
 FO_HD double fmax0(double x) { return x > 0.0 ? x : 0.0; }
 

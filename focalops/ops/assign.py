@@ -6,7 +6,7 @@ from typing import Sequence, Tuple
 import torch
 from torch import Tensor
 
-from focalops import _extension, reference  # noqa: F401
+from focalops import _extension  # noqa: F401  (registers torch.ops.focalops)
 from focalops.ops.boxes import _FLOATS, _check_weights
 
 
@@ -77,7 +77,7 @@ def assign(
         )
     if not isinstance(fg_iou, Real) or not isinstance(bg_iou, Real) or not bg_iou <= fg_iou:
         raise ValueError(f"assign: need bg_iou <= fg_iou, got fg_iou={fg_iou} and bg_iou={bg_iou}")
-    return reference.assign(  # C++ op next commit
+    return torch.ops.focalops.assign(
         anchors.detach().float(),
         gt_boxes.detach().float(),
         gt_counts.long(),
@@ -153,6 +153,6 @@ def retinanet_targets(
         raise ValueError("retinanet_targets: matched, gt_boxes, gt_labels and anchors must be on one device")
     w = _check_weights("retinanet_targets", weights)
     dtype = torch.promote_types(gt_boxes.dtype, anchors.dtype)
-    return reference.retinanet_targets(  # C++ op next commit
+    return torch.ops.focalops.retinanet_targets(
         matched, gt_boxes.detach().to(dtype), gt_labels.long(), anchors.detach().to(dtype), list(w)
     )

@@ -7,10 +7,37 @@ from typing import Sequence, Tuple
 import torch
 from torch import Tensor
 
-from focalops import _extension, reference  # noqa: F401
+from focalops import _extension  # noqa: F401  (registers torch.ops.focalops)
 
 _FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _DEFAULT_CLAMP = math.log(1000.0 / 16)
+
+
+def _decode_setup_context(ctx, inputs, output):
+    deltas, anchors, weights, clamp = inputs
+    ctx.save_for_backward(deltas, anchors)
+    ctx.args = (weights, clamp)
+
+
+def _decode_backward(ctx, grad):
+    deltas, anchors = ctx.saved_tensors
+    weights, clamp = ctx.args
+    grad_deltas = torch.ops.focalops._decode_boxes_backward(
+        grad.contiguous(), deltas, anchors, weights, clamp
+    )
+    return grad_deltas, None, None, None
+
+
+def _no_double_backward(ctx, grad):
+    raise RuntimeError("decode_boxes: double backward (gradient of the gradient) is not supported")
+
+
+torch.library.register_autograd(
+    "focalops::decode_boxes", _decode_backward, setup_context=_decode_setup_context
+)
+torch.library.register_autograd(
+    "focalops::_decode_boxes_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None
+)
 
 
 def _check_boxes(name: str, op: str, t, dims=None) -> None:
@@ -82,9 +109,7 @@ def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
             f"box_iou: boxes1 and boxes2 must be on the same device, got {boxes1.device} and {boxes2.device}"
         )
     dtype = torch.promote_types(boxes1.dtype, boxes2.dtype)
-    return reference.box_iou(  # C++ op next commit
-        boxes1.to(dtype), boxes2.to(dtype)
-    )
+    return torch.ops.focalops.box_iou(boxes1.to(dtype), boxes2.to(dtype))
 
 
 def encode_boxes(gt: Tensor, anchors: Tensor, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0)) -> Tensor:
@@ -111,9 +136,7 @@ def encode_boxes(gt: Tensor, anchors: Tensor, weights: Sequence[float] = (1.0, 1
     _check_boxes("anchors", "encode_boxes", anchors)
     w = _check_weights("encode_boxes", weights)
     gt, anchor_rows = _broadcast_pair("encode_boxes", gt.detach(), anchors.detach(), ("gt", "anchors"))
-    return reference.encode_boxes(  # C++ op next commit
-        gt, anchor_rows, list(w)
-    )
+    return torch.ops.focalops.encode_boxes(gt, anchor_rows, list(w))
 
 
 def decode_boxes(
@@ -154,6 +177,4 @@ def decode_boxes(
             "decode_boxes: anchors.requires_grad is set; the gradient for anchors is not supported"
         )
     deltas, anchor_rows = _broadcast_pair("decode_boxes", deltas, anchors, ("deltas", "anchors"))
-    return reference.decode_boxes(  # C++ op next commit
-        deltas, anchor_rows, list(w), float(clamp)
-    )
+    return torch.ops.focalops.decode_boxes(deltas, anchor_rows, list(w), float(clamp))

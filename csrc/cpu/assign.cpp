@@ -1,0 +1,224 @@
+// Anchor assignment (torchvision Matcher, fused) and RetinaNet targets, CPU.
+//
+// The A x G IoU matrix is never stored. Anchors are staged as float columns, then
+//   pass 1: best IoU of every box: each thread takes a fixed slice of the anchors and keeps a
+//           partial max per box (in kLanes independent lanes, so the loop vectorises); the
+//           partials are combined after (max is order-free, so any thread count gives the
+//           same bits);
+//   pass 2: per tile of anchors, a loop over the boxes keeps each anchor's best box (first
+//           index wins ties), and whether it ties some box's best IoU (low-quality match).
+// Extra memory: O(A + threads * B * G) floats.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <vector>
+
+#include "checks/boxes.h"
+#include "math/box.h"
+
+// Run-time dispatch to AVX-512 / AVX2 clones of the hot loops (baseline-ISA build).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define FO_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FO_CPU_CLONES
+#endif
+
+namespace focalops {
+namespace {
+
+constexpr int kLanes = 16;
+constexpr int64_t kTile = 512;
+
+struct Columns {
+  const float* x1;
+  const float* y1;
+  const float* x2;
+  const float* y2;
+};
+
+// Max over anchors [begin, end) of IoU(anchor, box); 0 when the range is empty.
+FO_CPU_CLONES float max_iou(Columns c, int64_t begin, int64_t end, const float* box) {
+  float lane[kLanes] = {0.f};
+  int64_t i = begin;
+  for (; i + kLanes <= end; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const float a[4] = {c.x1[i + j], c.y1[i + j], c.x2[i + j], c.y2[i + j]};
+      const float v = math::iou(a, box);
+      lane[j] = v > lane[j] ? v : lane[j];
+    }
+  }
+  for (; i < end; ++i) {
+    const float a[4] = {c.x1[i], c.y1[i], c.x2[i], c.y2[i]};
+    const float v = math::iou(a, box);
+    lane[0] = v > lane[0] ? v : lane[0];
+  }
+  float m = 0.f;
+  for (int j = 0; j < kLanes; ++j) m = lane[j] > m ? lane[j] : m;
+  return m;
+}
+
+// One box against n anchors from `begin`: update best value / index and the low-quality flag.
+FO_CPU_CLONES void match_box(Columns c, int64_t begin, int64_t n, const float* box, int32_t g, float box_best,
+                             float* best_val, int32_t* best_idx, int32_t* low_quality) {
+  const int32_t can_tie = box_best > 0.f;
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t i = begin + j;
+    const float a[4] = {c.x1[i], c.y1[i], c.x2[i], c.y2[i]};
+    const float v = math::iou(a, box);
+    const bool better = v > best_val[j];
+    best_val[j] = better ? v : best_val[j];
+    best_idx[j] = better ? g : best_idx[j];
+    low_quality[j] |= static_cast<int32_t>(v == box_best) & can_tie;
+  }
+}
+
+void check_finite_boxes(const float* p, int64_t n, const char* what) {
+  std::atomic<bool> bad{false};
+  at::parallel_for(0, n, 1 << 16, [&](int64_t begin, int64_t end) {
+    bool b = false;
+    for (int64_t i = begin; i < end; ++i) b |= std::isnan(p[i]);
+    if (b) bad = true;
+  });
+  TORCH_CHECK(!bad, "assign: ", what, " contain NaN coordinates");
+}
+
+at::Tensor assign_cpu(const at::Tensor& anchors_, const at::Tensor& gt_boxes_, const at::Tensor& gt_counts_, double fg_iou,
+                      double bg_iou, bool allow_low_quality) {
+  check_assign_args(anchors_, gt_boxes_, gt_counts_, fg_iou, bg_iou);
+  const auto anchors = anchors_.contiguous();
+  const auto gt_boxes = gt_boxes_.contiguous();
+  const auto gt_counts = gt_counts_.contiguous();
+  const int64_t A = anchors.size(0), B = gt_boxes.size(0), G = gt_boxes.size(1);
+  auto matched = at::empty({B, A}, anchors.options().dtype(at::kLong));
+  if (matched.numel() == 0) return matched;
+
+  const int64_t* counts = gt_counts.data_ptr<int64_t>();
+  for (int64_t b = 0; b < B; ++b) {
+    TORCH_CHECK(counts[b] >= 0 && counts[b] <= G, "assign: gt_counts must be in [0, G] = [0, ", G, "], got ", counts[b],
+                " for image ", b);
+  }
+  const float* gt = gt_boxes.data_ptr<float>();
+  for (int64_t b = 0; b < B; ++b) check_finite_boxes(gt + b * G * 4, counts[b] * 4, "gt_boxes");
+  check_finite_boxes(anchors.data_ptr<float>(), A * 4, "anchors");
+
+  std::vector<float> cols(4 * A);
+  {
+    const float* p = anchors.data_ptr<float>();
+    at::parallel_for(0, A, 1 << 14, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i)
+        for (int k = 0; k < 4; ++k) cols[k * A + i] = p[4 * i + k];
+    });
+  }
+  const Columns c{cols.data(), cols.data() + A, cols.data() + 2 * A, cols.data() + 3 * A};
+
+  // Pass 1: best IoU of every valid box.
+  const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), A / 1024));
+  std::vector<float> partial(slices * B * G, 0.f);
+  at::parallel_for(0, slices, 1, [&](int64_t s0, int64_t s1) {
+    for (int64_t s = s0; s < s1; ++s) {
+      const int64_t begin = A * s / slices, end = A * (s + 1) / slices;
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t g = 0; g < counts[b]; ++g) partial[(s * B + b) * G + g] = max_iou(c, begin, end, gt + (b * G + g) * 4);
+    }
+  });
+  std::vector<float> best(B * G, 0.f);
+  for (int64_t s = 0; s < slices; ++s)
+    for (int64_t k = 0; k < B * G; ++k) best[k] = std::max(best[k], partial[s * B * G + k]);
+
+  // Pass 2: per (image, tile of anchors).
+  const float fg = static_cast<float>(fg_iou), bg = static_cast<float>(bg_iou);
+  const int64_t tiles = (A + kTile - 1) / kTile;
+  int64_t* out = matched.data_ptr<int64_t>();
+  at::parallel_for(0, B * tiles, 1, [&](int64_t t0, int64_t t1) {
+    float best_val[kTile];
+    int32_t best_idx[kTile], low_quality[kTile];
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / tiles, begin = (t % tiles) * kTile, n = std::min(kTile, A - begin);
+      int64_t* row = out + b * A + begin;
+      if (counts[b] == 0) {
+        std::fill(row, row + n, int64_t(-1));
+        continue;
+      }
+      std::fill(best_val, best_val + n, -1.f);
+      std::fill(best_idx, best_idx + n, 0);
+      std::fill(low_quality, low_quality + n, 0);
+      for (int64_t g = 0; g < counts[b]; ++g) {
+        match_box(c, begin, n, gt + (b * G + g) * 4, static_cast<int32_t>(g), best[b * G + g], best_val, best_idx,
+                  low_quality);
+      }
+      for (int64_t j = 0; j < n; ++j) {
+        const float v = best_val[j];
+        int64_t r = v >= fg ? best_idx[j] : (v >= bg ? -2 : -1);
+        if (allow_low_quality && low_quality[j]) r = best_idx[j];
+        row[j] = r;
+      }
+    }
+  });
+  return matched;
+}
+
+template <typename scalar_t>
+using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> retinanet_targets_cpu(const at::Tensor& matched_, const at::Tensor& gt_boxes_,
+                                                                     const at::Tensor& gt_labels_,
+                                                                     const at::Tensor& anchors_,
+                                                                     at::ArrayRef<double> weights) {
+  check_targets_args(matched_, gt_boxes_, gt_labels_, anchors_, weights);
+  const auto matched = matched_.contiguous();
+  const auto gt_boxes = gt_boxes_.contiguous();
+  const auto gt_labels = gt_labels_.contiguous();
+  const auto anchors = anchors_.contiguous();
+  const int64_t B = matched.size(0), A = matched.size(1), G = gt_boxes.size(1);
+  auto cls = at::empty({B, A}, matched.options());
+  auto box = at::empty({B, A, 4}, gt_boxes.options());
+  auto fg = at::empty({B, A}, matched.options().dtype(at::kBool));
+  if (cls.numel() == 0) return {cls, box, fg};
+  const auto w = box_weights(weights);
+  std::atomic<int64_t> bad{0};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gt_boxes.scalar_type(), "retinanet_targets_cpu", [&] {
+    using T = opmath_t<scalar_t>;
+    const int64_t* m = matched.data_ptr<int64_t>();
+    const int64_t* lab = gt_labels.data_ptr<int64_t>();
+    const scalar_t* gt = gt_boxes.data_ptr<scalar_t>();
+    const scalar_t* anc = anchors.data_ptr<scalar_t>();
+    int64_t* cls_p = cls.data_ptr<int64_t>();
+    scalar_t* box_p = box.data_ptr<scalar_t>();
+    bool* fg_p = fg.data_ptr<bool>();
+    at::parallel_for(0, B * A, 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        const int64_t b = i / A, a = i - b * A, k = m[i];
+        T r[4] = {T(0), T(0), T(0), T(0)};
+        if (k >= 0 && k < G) {
+          T gv[4], av[4];
+          for (int q = 0; q < 4; ++q) {
+            gv[q] = static_cast<T>(gt[(b * G + k) * 4 + q]);
+            av[q] = static_cast<T>(anc[a * 4 + q]);
+          }
+          math::encode_box(gv, av, w, r);
+          cls_p[i] = lab[b * G + k];
+        } else {
+          if (k >= G || k < -2) bad = k;
+          cls_p[i] = k;
+        }
+        for (int q = 0; q < 4; ++q) box_p[i * 4 + q] = static_cast<scalar_t>(r[q]);
+        fg_p[i] = k >= 0;
+      }
+    });
+  });
+  TORCH_CHECK(bad.load() == 0, "retinanet_targets: matched values must be -2, -1 or a box index in [0, G = ", G,
+              "), got ", bad.load());
+  return {cls, box, fg};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(focalops, CPU, m) {
+  m.impl("assign", &assign_cpu);
+  m.impl("retinanet_targets", &retinanet_targets_cpu);
+}
+
+}  // namespace focalops

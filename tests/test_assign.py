@@ -1,0 +1,255 @@
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import focalops
+from focalops import reference
+
+
+def make_batch(B, G, A, seed, device="cpu", dtype=torch.float32, scale=200.0):
+    g = torch.Generator().manual_seed(seed)
+    anchors, _ = focalops.AnchorGenerator(sizes=(16, 32), strides=(8, 16)).for_image_size(64, 64)
+    anchors = anchors[:A] if A else anchors
+    xy = torch.rand(B, G, 2, generator=g) * scale * 0.4
+    wh = torch.rand(B, G, 2, generator=g) * scale * 0.3 + 2
+    gt = torch.cat([xy, xy + wh], -1)
+    counts = torch.randint(0, G + 1, (B,), generator=g)
+    return anchors.to(device, dtype), gt.to(device, dtype), counts.to(device)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("allow_low_quality", [True, False])
+def test_assign_matches_reference(device, seed, allow_low_quality):
+    anchors, gt, counts = make_batch(4, 9, 0, seed, device)
+    out = focalops.assign(anchors, gt, counts, allow_low_quality=allow_low_quality)
+    ref = reference.assign(anchors, gt, counts, allow_low_quality=allow_low_quality)
+    assert out.dtype == torch.int64 and out.shape == (4, anchors.shape[0])
+    assert torch.equal(out, ref)
+    assert (out >= 0).any() and (out == -1).any()
+
+
+def test_assign_float64_input_is_computed_in_float32(device):
+    anchors, gt, counts = make_batch(3, 7, 0, 5, device, dtype=torch.float64)
+    out = focalops.assign(anchors, gt, counts)
+    assert torch.equal(out, focalops.assign(anchors.float(), gt.float(), counts))
+    assert torch.equal(out, reference.assign(anchors, gt, counts))
+
+
+def test_assign_low_quality_ties_and_zero_best():
+    anchors = torch.tensor([[0.0, 0, 10, 10], [0, 0, 10, 10], [100, 100, 110, 110], [0, 0, 5, 5]])
+    # box 0 overlaps anchors 0 and 1 equally (IoU 0.25 < bg): both tie its best IoU -> matched;
+    # box 1 overlaps nothing: best IoU 0 -> makes no low-quality match; box 2 is padding.
+    gt = torch.tensor([[[0.0, 0, 20, 20], [500, 500, 510, 510], [0, 0, 10, 10]]])
+    out = focalops.assign(anchors, gt, torch.tensor([2]))
+    assert out.tolist() == [[0, 0, -1, -1]]
+    assert torch.equal(out, reference.assign(anchors, gt, torch.tensor([2])))
+    out = focalops.assign(anchors, gt, torch.tensor([2]), allow_low_quality=False)
+    assert out.tolist() == [[-1, -1, -1, -1]]
+
+
+def test_assign_ties_lowest_box_wins_and_own_best():
+    anchors = torch.tensor([[0.0, 0, 10, 10], [0, 0, 12, 12]])
+    # boxes 0 and 1 are identical: anchor 0 goes to box 0 (first of the tie);
+    # box 2's best anchor is anchor 1 (IoU 0.44) but anchor 1's own best box is box 0.
+    gt = torch.tensor([[[0.0, 0, 10, 10], [0, 0, 10, 10], [4, 4, 12, 12]]])
+    out = focalops.assign(anchors, gt, torch.tensor([3]))
+    assert torch.equal(out, reference.assign(anchors, gt, torch.tensor([3])))
+    assert out[0, 0] == 0 and out[0, 1] == 0
+
+
+def test_assign_empty_and_padding(device):
+    anchors, gt, _ = make_batch(3, 5, 40, 0, device)
+    counts = torch.tensor([0, 5, 2], device=device)
+    gt[2, 2:] = anchors[0]  # padding identical to an anchor: must still never be matched
+    out = focalops.assign(anchors, gt, counts)
+    assert (out[0] == -1).all()
+    assert (out[2] < 2).all()
+    assert torch.equal(out, reference.assign(anchors, gt, counts))
+    # G = 0, B = 0, A = 0
+    assert (focalops.assign(anchors, gt[:, :0], torch.zeros(3, dtype=torch.long, device=device)) == -1).all()
+    assert focalops.assign(anchors, gt[:0], counts[:0]).shape == (0, 40)
+    assert focalops.assign(anchors[:0], gt, counts).shape == (3, 0)
+
+
+def test_assign_many_boxes(device):
+    anchors, gt, _ = make_batch(2, 2000, 200, 3, device, scale=60.0)
+    counts = torch.tensor([2000, 1500], device=device)
+    out = focalops.assign(anchors, gt, counts)
+    assert torch.equal(out, reference.assign(anchors, gt, counts))
+
+
+def grid_boxes(draw_ints, n):
+    b = torch.tensor(draw_ints, dtype=torch.float32).view(n, 4)
+    return torch.cat([b[:, :2].minimum(b[:, 2:]), b[:, :2].maximum(b[:, 2:])], 1)
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.data(), B=st.integers(1, 3), G=st.integers(0, 6), A=st.integers(1, 20), lq=st.booleans())
+def test_assign_property(data, B, G, A, lq):
+    coord = st.integers(0, 8)
+    anchors = grid_boxes(data.draw(st.lists(coord, min_size=4 * A, max_size=4 * A)), A)
+    gt = grid_boxes(data.draw(st.lists(coord, min_size=4 * B * G, max_size=4 * B * G)), B * G).view(B, G, 4)
+    if G and data.draw(st.booleans()):
+        gt[0, 0] = anchors[0]  # a box identical to an anchor
+    if G > 1 and data.draw(st.booleans()):
+        gt[:, 1] = gt[:, 0]  # duplicate boxes
+    if G and data.draw(st.booleans()):
+        gt[-1, -1] = torch.tensor([1000.0, 1000, 1010, 1010])  # far away: best IoU 0
+    counts = torch.tensor(data.draw(st.lists(st.integers(0, G), min_size=B, max_size=B)))
+    fg = data.draw(st.sampled_from([0.5, 0.3]))
+    bg = data.draw(st.sampled_from([0.4, 0.3, 0.1, 0.0]))
+    bg = min(bg, fg)
+    out = focalops.assign(anchors, gt, counts, fg, bg, lq)
+    assert torch.equal(out, reference.assign(anchors, gt, counts, fg, bg, lq))
+
+
+def test_assign_bad_input():
+    anchors, gt, counts = make_batch(2, 3, 10, 0)
+    with pytest.raises(ValueError, match=r"anchors must have shape \[A, 4\]"):
+        focalops.assign(anchors[:, :3], gt, counts)
+    with pytest.raises(ValueError, match=r"gt_boxes must have shape \[B, G, 4\]"):
+        focalops.assign(anchors, gt[0], counts)
+    with pytest.raises(ValueError, match="gt_counts must have shape"):
+        focalops.assign(anchors, gt, counts[:1])
+    with pytest.raises(TypeError, match="gt_counts must be an integer"):
+        focalops.assign(anchors, gt, counts.float())
+    with pytest.raises(ValueError, match="bg_iou <= fg_iou"):
+        focalops.assign(anchors, gt, counts, fg_iou=0.3, bg_iou=0.4)
+    with pytest.raises(RuntimeError, match=r"gt_counts must be in \[0, G\]"):
+        focalops.assign(anchors, gt, torch.tensor([4, 0]))
+    with pytest.raises(RuntimeError, match=r"gt_counts must be in \[0, G\]"):
+        focalops.assign(anchors, gt, torch.tensor([-1, 0]))
+    bad = gt.clone()
+    bad[0, 0, 1] = float("nan")
+    with pytest.raises(RuntimeError, match="gt_boxes contain NaN"):
+        focalops.assign(anchors, bad, torch.tensor([1, 0]))
+    focalops.assign(anchors, bad, torch.tensor([0, 0]))  # NaN in padding is not read
+    bad_anchors = anchors.clone()
+    bad_anchors[3, 2] = float("nan")
+    with pytest.raises(RuntimeError, match="anchors contain NaN"):
+        focalops.assign(bad_anchors, gt, counts)
+
+
+# ---- RetinaNet targets
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_retinanet_targets_match_reference(device, seed, dtype):
+    anchors, gt, counts = make_batch(3, 6, 0, seed, device, dtype=dtype)
+    labels = torch.randint(0, 80, (3, 6), generator=torch.Generator().manual_seed(seed)).to(device)
+    matched = focalops.assign(anchors, gt, counts)
+    w = (10.0, 10.0, 5.0, 5.0)
+    cls, box, fg = focalops.retinanet_targets(matched, gt, labels, anchors, w)
+    rcls, rbox, rfg = reference.retinanet_targets(matched, gt, labels, anchors, w)
+    assert torch.equal(cls, rcls) and torch.equal(fg, rfg)
+    assert box.dtype == dtype and box.shape == (3, anchors.shape[0], 4)
+    torch.testing.assert_close(box, rbox)
+    assert (box[~fg] == 0).all()
+    assert fg.any() and (cls == -2).any() and (cls == -1).any()
+    # the class-index targets feed the focal loss directly
+    logits = torch.randn(3, anchors.shape[0], 80, device=device, dtype=dtype)
+    torch.testing.assert_close(
+        focalops.sigmoid_focal_loss(logits, cls, reduction="sum"),
+        reference.sigmoid_focal_loss(logits, cls, reduction="sum"),
+    )
+
+
+def test_retinanet_targets_no_boxes(device):
+    anchors, gt, _ = make_batch(2, 0, 30, 0, device)
+    matched = torch.full((2, 30), -1, dtype=torch.long, device=device)
+    cls, box, fg = focalops.retinanet_targets(
+        matched, gt, torch.zeros(2, 0, dtype=torch.long, device=device), anchors
+    )
+    assert (cls == -1).all() and (box == 0).all() and not fg.any()
+
+
+def test_retinanet_targets_bad_input():
+    anchors, gt, counts = make_batch(2, 3, 10, 0)
+    labels = torch.zeros(2, 3, dtype=torch.long)
+    matched = focalops.assign(anchors, gt, counts)
+    with pytest.raises(TypeError, match="matched must be int64"):
+        focalops.retinanet_targets(matched.int(), gt, labels, anchors)
+    with pytest.raises(ValueError, match=r"anchors must have shape \[A, 4\]"):
+        focalops.retinanet_targets(matched, gt, labels, anchors[:5])
+    with pytest.raises(ValueError, match=r"gt_labels must have shape \[B, G\]"):
+        focalops.retinanet_targets(matched, gt, labels[:, :2], anchors)
+    with pytest.raises(RuntimeError, match="matched values must be -2, -1 or a box index"):
+        focalops.retinanet_targets(torch.full_like(matched, 3), gt, labels, anchors)
+    with pytest.raises(RuntimeError, match="matched values must be -2, -1 or a box index"):
+        focalops.retinanet_targets(torch.full_like(matched, -3), gt, labels, anchors)
+
+
+# ---- torch.library / torch.compile
+
+
+def test_opcheck_assign(device):
+    anchors, gt, counts = make_batch(2, 4, 40, 1, device)
+    torch.library.opcheck(torch.ops.focalops.assign, (anchors, gt, counts, 0.5, 0.4, True))
+    matched = focalops.assign(anchors, gt, counts)
+    labels = torch.randint(0, 5, (2, 4)).to(device)
+    torch.library.opcheck(
+        torch.ops.focalops.retinanet_targets, (matched, gt, labels, anchors, [1.0, 1.0, 1.0, 1.0])
+    )
+
+
+def test_compile_assign():
+    anchors, gt, counts = make_batch(2, 4, 60, 2)
+    labels = torch.randint(0, 5, (2, 4))
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(anchors, gt, counts, labels):
+        matched = focalops.assign(anchors, gt, counts)
+        return focalops.retinanet_targets(matched, gt, labels, anchors)
+
+    out = f(anchors, gt, counts, labels)
+    ref = reference.retinanet_targets(reference.assign(anchors, gt, counts), gt, labels, anchors)
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.skipif(
+    not (torch.cuda.is_available() and focalops.has_cuda_kernels()), reason="needs CUDA kernels"
+)
+def test_assign_cuda_identical_to_cpu():
+    anchors, gt, _ = make_batch(4, 300, 0, 7, scale=64.0)
+    counts = torch.tensor([300, 0, 17, 250])
+    cpu = focalops.assign(anchors, gt, counts)
+    cuda = focalops.assign(anchors.cuda(), gt.cuda(), counts.cuda())
+    assert torch.equal(cpu, cuda.cpu())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_kernels_registered():
+    for op in (
+        "assign",
+        "box_iou",
+        "encode_boxes",
+        "decode_boxes",
+        "_decode_boxes_backward",
+        "retinanet_targets",
+    ):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"focalops::{op}", "CUDA"), op
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_assign_cuh_compiles(tmp_path):
+    src = tmp_path / "assign_check.cu"
+    src.write_text(
+        '#include <cuda_fp16.h>\n#include <cuda_bf16.h>\n#include "cuda/assign.cuh"\n'
+        # the assign kernels are not templates: the include defines (and so compiles) them
+        "namespace fc = focalops::cuda;\n"
+        "#define INST(T) template __global__ void fc::retinanet_targets_kernel<T>("
+        "const int64_t*, const T*, const int64_t*, const T*, int64_t, int64_t, int64_t, "
+        "focalops::math::BoxWeights, int64_t*, T*, bool*);\n"
+        "INST(float)\nINST(double)\nINST(__half)\nINST(__nv_bfloat16)\n"
+    )
+    csrc = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
+    cmd = ["nvcc", "-std=c++17", "-arch=sm_90", "-I", csrc, "-c", str(src), "-o", str(tmp_path / "a.o")]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
