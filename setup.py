@@ -28,8 +28,7 @@ def _want_cuda() -> bool:
     available = torch.version.cuda is not None and CUDA_HOME is not None
     if forced is True and not available:
         raise RuntimeError(
-            "FOCALOPS_CUDA=1 but torch has no CUDA (torch.version.cuda is None) or nvcc was not "
-            "found (set CUDA_HOME)."
+            "FOCALOPS_CUDA=1 but torch has no CUDA (torch.version.cuda is None) or nvcc was not found (set CUDA_HOME)."
         )
     return available if forced is None else forced
 

@@ -14,7 +14,20 @@ from benchmarks import common
 # Every benchmark module, in the order they run.
 FAMILIES = ["focal_loss", "assign", "nms", "retinanet"]
 
-COLUMNS = ["op", "impl", "pass", "dtype", "size", "ms", "speedup", "melem_per_s", "gbps", "pct_copy_bw", "peak_mib", "note"]
+COLUMNS = [
+    "op",
+    "impl",
+    "pass",
+    "dtype",
+    "size",
+    "ms",
+    "speedup",
+    "melem_per_s",
+    "gbps",
+    "pct_copy_bw",
+    "peak_mib",
+    "note",
+]
 
 
 def _table(rows):
@@ -52,7 +65,9 @@ def _chart(rows, path):
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("--only", default=",".join(FAMILIES), help="comma-separated families (default: all: %(default)s)")
+    parser.add_argument(
+        "--only", default=",".join(FAMILIES), help="comma-separated families (default: all: %(default)s)"
+    )
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (cpu, plus cuda when present)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a smoke run)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"), help="output folder")

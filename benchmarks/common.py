@@ -18,7 +18,9 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(fn: Callable[[], object], device: str, warmup: int = 3, repeat: int = 10, max_seconds: float = 20.0) -> Dict:
+def measure(
+    fn: Callable[[], object], device: str, warmup: int = 3, repeat: int = 10, max_seconds: float = 20.0
+) -> Dict:
     """Median wall time of fn() in ms: warm-up calls first, then `repeat` timed calls.
 
     On CUDA each call is timed with a pair of CUDA events on the current stream; on CPU with
@@ -76,7 +78,7 @@ def copy_bandwidth_gbps(device: str) -> Optional[float]:
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    return "{} ({} threads)".format(platform.processor() or platform.machine(), torch.get_num_threads())
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
 
 
 def row(

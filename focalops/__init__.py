@@ -6,6 +6,7 @@ from focalops.ops.anchors import AnchorGenerator
 from focalops.ops.assign import assign, retinanet_targets
 from focalops.ops.boxes import box_iou, decode_boxes, encode_boxes
 from focalops.ops.focal_loss import SigmoidFocalLoss, sigmoid_focal_loss
+from focalops.ops.nms import batched_nms, nms, postprocess
 
 __version__ = "0.1.0"
 
@@ -19,4 +20,7 @@ __all__ = [
     "decode_boxes",
     "assign",
     "retinanet_targets",
+    "nms",
+    "batched_nms",
+    "postprocess",
 ]

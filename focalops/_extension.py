@@ -6,9 +6,9 @@ try:
     from focalops import _C  # noqa: F401  (importing it runs the TORCH_LIBRARY registrations)
 except ImportError as exc:  # pragma: no cover - exercised only on a broken install
     raise ImportError(
-        "focalops: the compiled library focalops._C could not be loaded ({}). Build it against the "
-        "installed torch {} with `pip install --no-build-isolation -e .` from the source tree "
-        "(after upgrading torch, rebuild).".format(exc, torch.__version__)
+        f"focalops: the compiled library focalops._C could not be loaded ({exc}). Build it against the "
+        f"installed torch {torch.__version__} with `pip install --no-build-isolation -e .` from the source tree "
+        "(after upgrading torch, rebuild)."
     ) from exc
 
 

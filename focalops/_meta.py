@@ -20,19 +20,25 @@ def _check_focal_args(inputs, targets, alpha, gamma):
     if targets.dtype == torch.int64:
         torch._check(
             inputs.dim() >= 1 and targets.shape == inputs.shape[:-1],
-            lambda: "sigmoid_focal_loss: class-index targets must have shape inputs.shape[:-1] = "
-            f"{list(inputs.shape[:-1])}, got {list(targets.shape)}",
+            lambda: (
+                "sigmoid_focal_loss: class-index targets must have shape inputs.shape[:-1] = "
+                f"{list(inputs.shape[:-1])}, got {list(targets.shape)}"
+            ),
         )
     else:
         torch._check(
             targets.dtype == inputs.dtype,
-            lambda: "sigmoid_focal_loss: targets must be int64 class indices or have the dtype of inputs "
-            f"({inputs.dtype}), got {targets.dtype}",
+            lambda: (
+                "sigmoid_focal_loss: targets must be int64 class indices or have the dtype of inputs "
+                f"({inputs.dtype}), got {targets.dtype}"
+            ),
         )
         torch._check(
             targets.shape == inputs.shape,
-            lambda: f"sigmoid_focal_loss: targets must have the shape of inputs {list(inputs.shape)}, "
-            f"got {list(targets.shape)}",
+            lambda: (
+                f"sigmoid_focal_loss: targets must have the shape of inputs {list(inputs.shape)}, "
+                f"got {list(targets.shape)}"
+            ),
         )
 
 
@@ -148,4 +154,83 @@ def _retinanet_targets_fake(matched, gt_boxes, gt_labels, anchors, weights):
         matched.new_empty((B, A)),
         gt_boxes.new_empty((B, A, 4)),
         matched.new_empty((B, A), dtype=torch.bool),
+    )
+
+
+def _check_nms_args(op, boxes, scores, iou_threshold):
+    torch._check(
+        boxes.dim() == 2 and boxes.shape[1] == 4, lambda: f"{op}: boxes must be [N, 4], got {list(boxes.shape)}"
+    )
+    torch._check(
+        scores.dim() == 1 and scores.shape[0] == boxes.shape[0],
+        lambda: f"{op}: scores must be [N] with N = {boxes.shape[0]}, got {list(scores.shape)}",
+    )
+    torch._check(boxes.dtype in _FLOATS, lambda: f"{op}: boxes must be floating, got {boxes.dtype}")
+    torch._check(scores.dtype in _FLOATS, lambda: f"{op}: scores must be floating, got {scores.dtype}")
+    torch._check(iou_threshold >= 0, lambda: f"{op}: iou_threshold must be >= 0, got {iou_threshold}")
+
+
+def _nms_output(boxes):
+    # The number of kept boxes depends on the data: an unbacked size.
+    n = torch.library.get_ctx().new_dynamic_size()
+    return boxes.new_empty((n,), dtype=torch.int64)
+
+
+@torch.library.register_fake("focalops::nms")
+def _nms_fake(boxes, scores, iou_threshold):
+    _check_nms_args("nms", boxes, scores, iou_threshold)
+    return _nms_output(boxes)
+
+
+@torch.library.register_fake("focalops::batched_nms")
+def _batched_nms_fake(boxes, scores, idxs, iou_threshold):
+    _check_nms_args("batched_nms", boxes, scores, iou_threshold)
+    torch._check(
+        idxs.dim() == 1 and idxs.shape[0] == boxes.shape[0],
+        lambda: f"batched_nms: idxs must be [N] with N = {boxes.shape[0]}, got {list(idxs.shape)}",
+    )
+    torch._check(idxs.dtype == torch.int64, lambda: f"batched_nms: idxs must be int64, got {idxs.dtype}")
+    return _nms_output(boxes)
+
+
+@torch.library.register_fake("focalops::postprocess")
+def _postprocess_fake(
+    cls_logits, box_deltas, anchors, level_sizes, image_sizes, score_thresh, topk_candidates, nms_thresh, dets_per_img
+):
+    torch._check(
+        cls_logits.dim() == 3, lambda: f"postprocess: cls_logits must be [B, A, K], got {list(cls_logits.shape)}"
+    )
+    torch._check(
+        cls_logits.dtype in _FLOATS, lambda: f"postprocess: cls_logits must be floating, got {cls_logits.dtype}"
+    )
+    b, a, _ = cls_logits.shape
+    mt = torch.float64 if cls_logits.dtype == torch.float64 else torch.float32
+    torch._check(
+        box_deltas.shape == (b, a, 4),
+        lambda: f"postprocess: box_deltas must be [B, A, 4] = [{b}, {a}, 4], got {list(box_deltas.shape)}",
+    )
+    torch._check(
+        anchors.shape == (a, 4), lambda: f"postprocess: anchors must be [A, 4] = [{a}, 4], got {list(anchors.shape)}"
+    )
+    torch._check(
+        image_sizes.shape == (b, 2),
+        lambda: f"postprocess: image_sizes must be [B, 2] = [{b}, 2] (height, width), got {list(image_sizes.shape)}",
+    )
+    torch._check(
+        box_deltas.dtype == mt and anchors.dtype == mt and image_sizes.dtype == mt,
+        lambda: f"postprocess: box_deltas, anchors and image_sizes must be {mt}",
+    )
+    torch._check(
+        sum(level_sizes) == a, lambda: f"postprocess: level_sizes must sum to A = {a}, got {list(level_sizes)}"
+    )
+    torch._check(score_thresh >= 0, lambda: f"postprocess: score_thresh must be >= 0, got {score_thresh}")
+    torch._check(topk_candidates >= 1, lambda: f"postprocess: topk_candidates must be >= 1, got {topk_candidates}")
+    torch._check(nms_thresh >= 0, lambda: f"postprocess: nms_thresh must be >= 0, got {nms_thresh}")
+    torch._check(dets_per_img >= 0, lambda: f"postprocess: detections_per_img must be >= 0, got {dets_per_img}")
+    d = dets_per_img
+    return (
+        box_deltas.new_empty((b, d, 4)),
+        box_deltas.new_empty((b, d)),
+        box_deltas.new_empty((b, d), dtype=torch.int64),
+        box_deltas.new_empty((b,), dtype=torch.int64),
     )

@@ -174,7 +174,7 @@ def retinanet_targets(
 
 
 def _box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """torchvision's box_iou in float32; an empty union gives 0 (private: see box_iou above/elsewhere)."""
+    """torchvision's box_iou in float32; an empty union gives 0 (private to the NMS references)."""
     boxes1, boxes2 = boxes1.float(), boxes2.float()
     area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
     area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
@@ -188,7 +188,8 @@ def _box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     """Greedy NMS: indices of the kept boxes by decreasing score (ties: lower index first)."""
-    return batched_nms(boxes, scores, torch.zeros(scores.shape[0], dtype=torch.int64, device=scores.device), iou_threshold)
+    idxs = torch.zeros(scores.shape[0], dtype=torch.int64, device=scores.device)
+    return batched_nms(boxes, scores, idxs, iou_threshold)
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
@@ -247,9 +248,9 @@ def postprocess(
     for b in range(num_images):
         height, width = (float(v) for v in image_sizes[b])
         image_boxes, image_scores, image_labels = [], [], []
-        for logits_l, deltas_l, anchors_l in zip(
-            cls_logits[b].split(list(level_sizes)), box_deltas[b].split(list(level_sizes)), anchors.split(list(level_sizes))
-        ):
+        split = list(level_sizes)
+        levels = zip(cls_logits[b].split(split), box_deltas[b].split(split), anchors.split(split))
+        for logits_l, deltas_l, anchors_l in levels:
             scores_l = torch.sigmoid(logits_l.to(dtype)).flatten()
             keep_idxs = scores_l > score_thresh
             scores_l = scores_l[keep_idxs]

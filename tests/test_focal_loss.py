@@ -1,16 +1,372 @@
+import math
+
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import focalops
 from focalops import reference
 
-
-def test_smoke(device):
-    x = torch.randn(64, 7, device=device, dtype=torch.float64)
-    lab = torch.randint(-2, 7, (64,), device=device)
-    torch.testing.assert_close(focalops.sigmoid_focal_loss(x, lab), reference.sigmoid_focal_loss(x, lab))
+REDUCTIONS = ["none", "sum", "mean"]
 
 
-def test_bad_reduction():
+def _inputs(shape, device, dtype=torch.float64, scale=4.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g, dtype=torch.float64) * scale).to(device=device, dtype=dtype)
+
+
+def _labels(shape, K, device, seed=0, low=-2):
+    g = torch.Generator().manual_seed(seed + 1)
+    return torch.randint(low, K, shape, generator=g).to(device)
+
+
+def _grad(fn, x, *args, **kwargs):
+    x = x.detach().requires_grad_()
+    loss = fn(x, *args, **kwargs)
+    (g,) = torch.autograd.grad(loss.sum(), x)
+    return loss.detach(), g
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (-1.0, 2.0), (0.5, 0.0), (0.25, 0.5), (0.75, 1.0), (0.1, 3.7)])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_class_index_matches_reference(device, seed, alpha, gamma, reduction):
+    x = _inputs((37, 5, 13), device, seed=seed)
+    labels = _labels((37, 5), 13, device, seed=seed)
+    got, g_got = _grad(focalops.sigmoid_focal_loss, x, labels, alpha, gamma, reduction)
+    want, g_want = _grad(reference.sigmoid_focal_loss, x, labels, alpha, gamma, reduction)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("alpha,gamma", [(0.25, 2.0), (-1.0, 1.5), (0.5, 0.0), (0.25, 0.5)])
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_dense_soft_targets_match_reference(device, seed, alpha, gamma, reduction):
+    x = _inputs((129, 7), device, seed=seed)
+    t = torch.rand((129, 7), generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(device)
+    t[:20] = t[:20].round()  # some hard targets too
+    got, g_got = _grad(focalops.sigmoid_focal_loss, x, t, alpha, gamma, reduction)
+    want, g_want = _grad(reference.sigmoid_focal_loss, x, t, alpha, gamma, reduction)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(g_got, g_want, rtol=1e-9, atol=1e-12)
+
+
+def test_class_index_equals_dense_one_hot(device):
+    x = _inputs((300, 11), device, dtype=torch.float32)
+    labels = _labels((300,), 11, device, low=-1)
+    dense = torch.zeros_like(x)
+    fg = labels >= 0
+    dense[fg.nonzero()[:, 0], labels[fg]] = 1
+    a, ga = _grad(focalops.sigmoid_focal_loss, x, labels, 0.25, 2.0, "none")
+    b, gb = _grad(focalops.sigmoid_focal_loss, x, dense, 0.25, 2.0, "none")
+    torch.testing.assert_close(a, b, rtol=2e-6, atol=1e-7)
+    torch.testing.assert_close(ga, gb, rtol=2e-6, atol=1e-7)
+
+
+def test_ignored_rows_add_nothing(device):
+    x = _inputs((50, 6), device)
+    labels = _labels((50,), 6, device, low=-1)
+    labels[::3] = -2
+    loss, g = _grad(focalops.sigmoid_focal_loss, x, labels, reduction="none")
+    assert (loss[::3] == 0).all() and (g[::3] == 0).all()
+    assert (loss[1::3] != 0).all()
+    labels[::3] = 255
+    loss2, g2 = _grad(focalops.sigmoid_focal_loss, x, labels, reduction="none", ignore_index=255)
+    torch.testing.assert_close(loss2, loss)
+    torch.testing.assert_close(g2, g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("reduction", ["none", "sum"])
+def test_reduced_precision_against_float64(device, dtype, reduction):
+    x64 = _inputs((256, 80), device, scale=3.0)
+    x = x64.to(dtype)
+    labels = _labels((256,), 80, device, low=-1)
+    got, g_got = _grad(focalops.sigmoid_focal_loss, x, labels, 0.25, 2.0, reduction)
+    # The float64 reference sees the same rounded logits, so only the arithmetic differs.
+    want, g_want = _grad(reference.sigmoid_focal_loss, x.double(), labels, 0.25, 2.0, reduction)
+    assert got.dtype == dtype and g_got.dtype == dtype
+    tol = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+    torch.testing.assert_close(got.double(), want, rtol=tol, atol=tol * 1e-2)
+    torch.testing.assert_close(g_got.double(), g_want, rtol=tol, atol=tol * 1e-2)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0, 4.5])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_extreme_logits_are_finite(device, gamma, dtype):
+    vals = torch.tensor([-1e4, -300.0, -88.0, -30.0, -1e-3, 0.0, 1e-3, 30.0, 88.0, 300.0, 1e4])
+    if dtype != torch.float32:
+        vals = vals.clamp(-6e4, 6e4)
+    x = vals.repeat(3, 1).to(device=device, dtype=dtype)
+    labels = torch.tensor([-1, 0, 5], device=device)
+    loss, g = _grad(focalops.sigmoid_focal_loss, x, labels, 0.25, gamma, "none")
+    assert torch.isfinite(loss).all() and torch.isfinite(g).all()
+    soft = torch.full_like(x, 0.3)
+    loss, g = _grad(focalops.sigmoid_focal_loss, x, soft, 0.25, gamma, "none")
+    assert torch.isfinite(loss).all() and torch.isfinite(g).all()
+    # A confidently wrong positive costs alpha * |x| and its gradient is -alpha.
+    x32 = torch.tensor([[-1e4]], device=device)
+    loss, g = _grad(focalops.sigmoid_focal_loss, x32, torch.tensor([0], device=device), 0.25, gamma, "none")
+    torch.testing.assert_close(loss.item(), 0.25 * 1e4)
+    torch.testing.assert_close(g.item(), -0.25)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(0, 40),
+    K=st.integers(1, 9),
+    scale=st.sampled_from([0.1, 5.0, 50.0]),
+    alpha=st.sampled_from([-1.0, 0.0, 0.25, 1.0]),
+    gamma=st.sampled_from([0.0, 0.5, 2.0, 3.0]),
+    soft=st.booleans(),
+    reduction=st.sampled_from(REDUCTIONS),
+    seed=st.integers(0, 2**16),
+)
+def test_property_matches_reference(rows, K, scale, alpha, gamma, soft, reduction, seed):
+    x = _inputs((rows, K), "cpu", scale=scale, seed=seed)
+    if soft:
+        t = torch.rand((rows, K), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    else:
+        t = _labels((rows,), K, "cpu", seed=seed)
+    got, g_got = _grad(focalops.sigmoid_focal_loss, x, t, alpha, gamma, reduction)
+    want, g_want = _grad(reference.sigmoid_focal_loss, x, t, alpha, gamma, reduction)
+    if rows == 0 and reduction == "mean":
+        assert got.isnan() and want.isnan()
+        return
+    assert torch.isfinite(got).all() and torch.isfinite(g_got).all()
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
+    finite = torch.isfinite(g_want)  # the reference's autograd can hit 0 * inf at saturation
+    torch.testing.assert_close(g_got[finite], g_want[finite], rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+@pytest.mark.parametrize("form", ["index", "dense"])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_gradcheck(device, reduction, form, contiguous):
+    x = _inputs((6, 5), device, scale=2.0)
+    if not contiguous:
+        x = _inputs((5, 6), device, scale=2.0).t()
+        assert not x.is_contiguous()
+    t = _labels((6,), 5, device) if form == "index" else torch.rand(6, 5, dtype=torch.float64, device=device)
+    x.requires_grad_()
+    assert torch.autograd.gradcheck(lambda v: focalops.sigmoid_focal_loss(v, t, 0.25, 2.0, reduction), (x,))
+    assert torch.autograd.gradcheck(
+        lambda v: focalops.sigmoid_focal_loss(v, t, 0.3, 0.5, reduction, normalizer=torch.tensor(3.0, device=device)),
+        (x,),
+    )
+
+
+def test_double_backward_raises():
+    x = _inputs((4, 3), "cpu").requires_grad_()
+    loss = focalops.sigmoid_focal_loss(x, torch.tensor([0, 1, -1, 2]), reduction="sum")
+    (g,) = torch.autograd.grad(loss, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        g.sum().backward()
+
+
+def test_opcheck(device):
+    x = _inputs((9, 4), device, dtype=torch.float32).requires_grad_()
+    labels = _labels((9,), 4, device)
+    soft = torch.rand(9, 4, device=device)
+    op = torch.ops.focalops.sigmoid_focal_loss.default
+    bwd = torch.ops.focalops._sigmoid_focal_loss_backward.default
+    for t in (labels, soft):
+        for reduce in (False, True):
+            torch.library.opcheck(op, (x, t, 0.25, 2.0, -2, reduce))
+            g = torch.ones((), device=device) if reduce else torch.randn(9, 4, device=device)
+            torch.library.opcheck(bwd, (g, x.detach(), t, 0.25, 2.0, -2, reduce))
+
+
+def test_torch_compile_fullgraph(device):
+    def step(x, labels, n):
+        return focalops.sigmoid_focal_loss(x, labels, reduction="sum", normalizer=n)
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    x = _inputs((64, 10), device, dtype=torch.float32).requires_grad_()
+    labels = _labels((64,), 10, device)
+    n = (labels >= 0).sum().clamp(min=1).float()
+    got, g_got = _grad(compiled, x, labels, n)
+    want, g_want = _grad(step, x, labels, n)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(g_got, g_want)
+
+
+def test_torch_compile_inductor_training_step():
+    # One inductor run: the op must survive real lowering (fake kernel, autograd, normalizer math).
+    lin = torch.nn.Linear(8, 5)
+    x = torch.randn(32, 8)
+    labels = torch.randint(-1, 5, (32,))
+
+    def step(inp):
+        logits = lin(inp)
+        return focalops.sigmoid_focal_loss(logits, labels, reduction="sum", normalizer=(labels >= 0).sum().clamp(min=1))
+
+    want = step(x)
+    want.backward()
+    g_want = lin.weight.grad.clone()
+    lin.weight.grad = None
+    got = torch.compile(step, fullgraph=True)(x)
+    got.backward()
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(lin.weight.grad, g_want)
+
+
+def test_reductions_normalizer_and_module(device):
+    x = _inputs((40, 3), device)
+    labels = _labels((40,), 3, device)
+    none = focalops.sigmoid_focal_loss(x, labels)
+    total = focalops.sigmoid_focal_loss(x, labels, reduction="sum")
+    torch.testing.assert_close(total, none.sum())
+    torch.testing.assert_close(focalops.sigmoid_focal_loss(x, labels, reduction="mean"), none.mean())
+    torch.testing.assert_close(focalops.sigmoid_focal_loss(x, labels, reduction="sum", normalizer=4), total / 4)
+    n = torch.tensor(8.0, device=device)
+    torch.testing.assert_close(focalops.sigmoid_focal_loss(x, labels, reduction="sum", normalizer=n), total / 8)
+    module = focalops.SigmoidFocalLoss(alpha=0.25, gamma=2.0, reduction="sum")
+    torch.testing.assert_close(module(x, labels, normalizer=n), total / 8)
+    assert "gamma=2.0" in repr(module)
+
+
+def test_empty_inputs(device):
+    x = torch.empty(0, 80, device=device, requires_grad=True)
+    labels = torch.empty(0, dtype=torch.long, device=device)
+    assert focalops.sigmoid_focal_loss(x, labels).shape == (0, 80)
+    total = focalops.sigmoid_focal_loss(x, labels, reduction="sum")
+    assert total.item() == 0.0
+    total.backward()
+    assert x.grad.shape == (0, 80)
+    assert (
+        focalops.sigmoid_focal_loss(
+            torch.empty(5, 0, device=device), torch.zeros(5, dtype=torch.long, device=device) - 1, reduction="sum"
+        ).item()
+        == 0.0
+    )
+
+
+def test_non_contiguous_and_integer_label_dtypes(device):
+    base = _inputs((10, 8, 6), device, dtype=torch.float32)
+    x = base[:, ::2, :]
+    labels = _labels((10, 4), 6, device)
+    want = focalops.sigmoid_focal_loss(x.contiguous(), labels)
+    torch.testing.assert_close(focalops.sigmoid_focal_loss(x, labels), want)
+    torch.testing.assert_close(focalops.sigmoid_focal_loss(x, labels.int()), want)
+    dense = torch.rand(10, 4, 6, device=device)
+    torch.testing.assert_close(
+        focalops.sigmoid_focal_loss(x, dense), focalops.sigmoid_focal_loss(x.contiguous(), dense)
+    )
+    torch.testing.assert_close(
+        focalops.sigmoid_focal_loss(x, dense > 0.5), focalops.sigmoid_focal_loss(x, (dense > 0.5).float())
+    )
+
+
+def test_sum_is_deterministic_across_thread_counts():
+    x = _inputs((5000, 80), "cpu", dtype=torch.float32)
+    labels = _labels((5000,), 80, "cpu")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = focalops.sigmoid_focal_loss(x, labels, reduction="sum")
+        torch.set_num_threads(max(2, threads))
+        many = focalops.sigmoid_focal_loss(x, labels, reduction="sum")
+    finally:
+        torch.set_num_threads(threads)
+    assert one.item() == many.item()
+
+
+def test_sum_float32_accumulation_does_not_overflow_half():
+    x = torch.full((4000, 80), -12.0, dtype=torch.float16)
+    labels = torch.zeros(4000, dtype=torch.long)  # 4000 confidently wrong positives, ~ 0.25 * 12 each
+    total = focalops.sigmoid_focal_loss(x, labels, reduction="sum", normalizer=4000)
+    assert torch.isfinite(total) and math.isclose(total.item(), 0.25 * 12.0, rel_tol=1e-2)
+
+
+# --- bad input ------------------------------------------------------------------------------
+
+
+def test_bad_inputs():
+    x = torch.randn(4, 3)
+    labels = torch.tensor([0, 1, 2, -1])
+    f = focalops.sigmoid_focal_loss
     with pytest.raises(ValueError, match="reduction"):
-        focalops.sigmoid_focal_loss(torch.zeros(2, 3), torch.zeros(2, 3), reduction="avg")
+        f(x, labels, reduction="avg")
+    with pytest.raises(ValueError, match="gamma"):
+        f(x, labels, gamma=-0.5)
+    with pytest.raises(ValueError, match="gamma"):
+        f(x, labels, gamma=float("nan"))
+    with pytest.raises(ValueError, match="alpha"):
+        f(x, labels, alpha=1.5)
+    with pytest.raises(TypeError, match="inputs"):
+        f(x.long(), labels)
+    with pytest.raises(TypeError, match="inputs must be a Tensor"):
+        f([1.0, 2.0], labels)
+    with pytest.raises(TypeError, match="targets"):
+        f(x, torch.zeros(4, 3, dtype=torch.complex64))
+    with pytest.raises(ValueError, match="shape"):
+        f(x, torch.zeros(4, 4))
+    with pytest.raises(ValueError, match="class indices of shape"):
+        f(x, torch.zeros(5, dtype=torch.long))
+    with pytest.raises(ValueError, match="class indices of shape"):
+        f(x, torch.zeros(4, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="requires_grad"):
+        f(x, torch.rand(4, 3, requires_grad=True))
+    with pytest.raises(ValueError, match="normalizer"):
+        f(x, labels, reduction="sum", normalizer=0)
+    with pytest.raises(ValueError, match="normalizer"):
+        f(x, labels, reduction="sum", normalizer=torch.ones(2))
+    with pytest.raises(ValueError, match="ignore_index"):
+        f(x, labels, ignore_index=-1)
+    with pytest.raises(RuntimeError, match=r"class index 3 at row 1, outside \[0, 3\)"):
+        f(x, torch.tensor([0, 3, 1, 1]))
+    with pytest.raises(RuntimeError, match="class index -5"):
+        f(x, torch.tensor([0, -5, 1, 1]))
+
+
+def test_bad_inputs_reach_the_op_directly():
+    x = torch.randn(4, 3)
+    op = torch.ops.focalops.sigmoid_focal_loss
+    with pytest.raises(RuntimeError, match="gamma must be >= 0"):
+        op(x, torch.zeros(4, dtype=torch.long), 0.25, -1.0, -2, False)
+    with pytest.raises(RuntimeError, match="targets must be int64 class indices or have the dtype"):
+        op(x, torch.zeros(4, 3, dtype=torch.float64), 0.25, 2.0, -2, False)
+    with pytest.raises(RuntimeError, match="inputs must be float32"):
+        op(x.int(), torch.zeros(4, dtype=torch.long), 0.25, 2.0, -2, False)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_device_mismatch_raises():
+    with pytest.raises(ValueError, match="same device"):
+        focalops.sigmoid_focal_loss(torch.randn(4, 3, device="cuda"), torch.zeros(4, dtype=torch.long))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu_and_never_syncs():
+    x = _inputs((1000, 80), "cpu", dtype=torch.float32)
+    labels = _labels((1000,), 80, "cpu", low=-1)
+    want, g_want = _grad(focalops.sigmoid_focal_loss, x, labels, 0.25, 2.0, "sum")
+    xc, lc = x.cuda().requires_grad_(), labels.cuda()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = focalops.sigmoid_focal_loss(xc, lc, reduction="sum", normalizer=(lc >= 0).sum().clamp(min=1))
+        (g,) = torch.autograd.grad(loss, xc)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    n = (labels >= 0).sum().clamp(min=1)
+    torch.testing.assert_close(loss.cpu(), want / n, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g.cpu(), g_want / n, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_bad_label_is_a_device_assert():
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, focalops\n"
+        "x = torch.randn(4, 3, device='cuda')\n"
+        "focalops.sigmoid_focal_loss(x, torch.tensor([0, 7, 1, 1], device='cuda'))\n"
+        "torch.cuda.synchronize()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "assert" in (proc.stderr + proc.stdout).lower()

@@ -9,6 +9,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <type_traits>
 #include <vector>
 
@@ -128,11 +129,9 @@ void stage_labels(const int64_t* labels, int64_t K, int64_t ignore_index, int64_
                 label, " at row ", row, ", outside [0, ", K, "); use -1 for background or ignore_index=", ignore_index,
                 " to skip a row");
     const int64_t cnt = std::min(K - col, n - i);
-    const T w = ignored ? T(0) : T(1);
-    for (int64_t j = 0; j < cnt; ++j) {
-      t[i + j] = (col + j == label) ? T(1) : T(0);
-      m[i + j] = w;
-    }
+    std::fill(t + i, t + i + cnt, T(0));
+    std::fill(m + i, m + i + cnt, ignored ? T(0) : T(1));
+    if (label >= col && label < col + cnt) t[i + label - col] = T(1);
     i += cnt;
   }
 }

@@ -102,9 +102,20 @@ FO_HD float log_ratio_series(float s) {
   return 2.f * s * (p * s2 + 1.f);
 }
 
-// log1p(u) for u in [0, 1]: s = u / (2 + u) is in [0, 1/3] and exact for tiny u.
-FO_HD float log1p_unit(float u) { return log_ratio_series(u / (2.f + u)); }
-FO_HD double log1p_unit(double u) { return ::log1p(u); }
+// For e = exp(-|x|) in [0, 1]: d = 1 / (1 + e) (= sigmoid(|x|)) and l = log1p(e)
+// (= softplus(-|x|)), sharing one division: 1 / ((1 + e)(2 + e)) gives both d and the
+// series argument e / (2 + e).
+FO_HD void sigmoid_log1p(float e, float& d, float& l) {
+  const float one_e = 1.f + e;
+  const float two_e = 2.f + e;
+  const float r = 1.f / (one_e * two_e);
+  d = two_e * r;
+  l = log_ratio_series(e * one_e * r);
+}
+FO_HD void sigmoid_log1p(double e, double& d, double& l) {
+  d = 1.0 / (1.0 + e);
+  l = ::log1p(e);
+}
 
 // log(x) for x in [0, 1] (0 gives -inf): exponent from the bits, mantissa in
 // [sqrt(1/2), sqrt(2)) through the same series.

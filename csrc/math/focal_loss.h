@@ -43,8 +43,8 @@ template <int G, typename T>
 FO_HD LossGrad<T> focal_hard(T x, bool positive, T alpha_t, T gamma) {
   const T ax = x < T(0) ? -x : x;
   const T e = exp_nonpos(-ax);
-  const T d = T(1) / (T(1) + e);
-  const T l = log1p_unit(e);
+  T d, l;
+  sigmoid_log1p(e, d, l);
   const T z = positive ? x : -x;
   const bool z_pos = z >= T(0);
   const T q = z_pos ? e * d : d;
@@ -64,8 +64,8 @@ template <int G, typename T>
 FO_HD LossGrad<T> focal_soft(T x, T t, T alpha, T gamma) {
   const T ax = x < T(0) ? -x : x;
   const T e = exp_nonpos(-ax);
-  const T d = T(1) / (T(1) + e);
-  const T l = log1p_unit(e);
+  T d, l;
+  sigmoid_log1p(e, d, l);
   const bool x_pos = x >= T(0);
   const T p = x_pos ? d : e * d;
   const T pm = x_pos ? e * d : d;

@@ -95,9 +95,7 @@ def sigmoid_focal_loss(
     if not isinstance(targets, Tensor):
         raise TypeError(f"sigmoid_focal_loss: targets must be a Tensor, got {type(targets).__name__}")
     if inputs.dtype not in _FLOATS:
-        raise TypeError(
-            f"sigmoid_focal_loss: inputs must be float32, float64, float16 or bfloat16, got {inputs.dtype}"
-        )
+        raise TypeError(f"sigmoid_focal_loss: inputs must be float32, float64, float16 or bfloat16, got {inputs.dtype}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"sigmoid_focal_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if not isinstance(gamma, Real) or not gamma >= 0 or math.isinf(gamma):
@@ -138,12 +136,16 @@ def sigmoid_focal_loss(
     if normalizer is not None:
         if isinstance(normalizer, Tensor):
             if normalizer.numel() != 1:
-                raise ValueError(f"sigmoid_focal_loss: normalizer must be a number or a 0-d tensor, got {list(normalizer.shape)}")
+                raise ValueError(
+                    f"sigmoid_focal_loss: normalizer must be a number or a 0-d tensor, got {list(normalizer.shape)}"
+                )
             loss = loss / normalizer.reshape(()).to(device=loss.device)
         elif isinstance(normalizer, Real) and normalizer > 0:
             loss = loss / float(normalizer)
         else:
-            raise ValueError(f"sigmoid_focal_loss: normalizer must be a positive number or a tensor, got {normalizer!r}")
+            raise ValueError(
+                f"sigmoid_focal_loss: normalizer must be a positive number or a tensor, got {normalizer!r}"
+            )
     return loss.to(inputs.dtype)
 
 
@@ -158,7 +160,13 @@ class SigmoidFocalLoss(nn.Module):
 
     def forward(self, inputs: Tensor, targets: Tensor, normalizer: Optional[Union[float, Tensor]] = None) -> Tensor:
         return sigmoid_focal_loss(
-            inputs, targets, self.alpha, self.gamma, self.reduction, normalizer=normalizer, ignore_index=self.ignore_index
+            inputs,
+            targets,
+            self.alpha,
+            self.gamma,
+            self.reduction,
+            normalizer=normalizer,
+            ignore_index=self.ignore_index,
         )
 
     def extra_repr(self) -> str:

@@ -1,0 +1,92 @@
+// Sigmoid focal loss, CUDA entry points: tensor plumbing around cuda/focal_loss.cuh.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "checks/focal_loss.h"
+#include "cuda/focal_loss.cuh"
+
+namespace focalops {
+namespace {
+
+template <typename scalar_t>
+struct CudaStorage {
+  using type = scalar_t;
+};
+template <>
+struct CudaStorage<at::Half> {
+  using type = __half;
+};
+template <>
+struct CudaStorage<at::BFloat16> {
+  using type = __nv_bfloat16;
+};
+
+int max_blocks() {
+  return at::cuda::getCurrentDeviceProperties()->multiProcessorCount * 8;
+}
+
+// mode: cuda::kFocalLoss / kFocalSum / kFocalGrad. `grad` is the incoming gradient (kFocalGrad).
+at::Tensor focal_cuda(int mode, const at::Tensor& inputs, const at::Tensor& targets, const at::Tensor& grad,
+                      double alpha, double gamma, int64_t ignore_index) {
+  const c10::cuda::CUDAGuard guard(inputs.device());
+  const at::Tensor x = inputs.contiguous();
+  const at::Tensor t = targets.contiguous();
+  const bool hard = focal_is_index_form(t);
+  const auto acc_dtype = focal_sum_dtype(x);
+  const bool grad_each = mode == cuda::kFocalGrad && grad.dim() > 0;
+  const at::Tensor g = mode != cuda::kFocalGrad ? at::Tensor()
+                       : grad_each            ? grad.to(x.scalar_type()).contiguous()
+                                              : grad.reshape({}).to(acc_dtype);
+  at::Tensor out = mode == cuda::kFocalSum ? at::empty({}, x.options().dtype(acc_dtype)) : at::empty_like(x);
+  if (x.numel() == 0) return mode == cuda::kFocalSum ? out.zero_() : out;
+  const int blocks = max_blocks();
+  const at::Tensor partials = mode == cuda::kFocalSum ? at::empty({blocks}, x.options().dtype(acc_dtype)) : at::Tensor();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sigmoid_focal_loss_cuda", [&] {
+    using T = typename CudaStorage<scalar_t>::type;
+    using A = typename cuda::OpMath<T>::type;
+    cuda::FocalArgs<A> args{x.numel(),
+                            x.dim() > 0 ? x.size(-1) : 1,
+                            ignore_index,
+                            static_cast<A>(alpha),
+                            static_cast<A>(gamma),
+                            (mode == cuda::kFocalGrad && !grad_each) ? g.data_ptr<A>() : nullptr};
+    const T* tp = hard ? nullptr : reinterpret_cast<const T*>(t.data_ptr<scalar_t>());
+    const int64_t* lp = hard ? t.data_ptr<int64_t>() : nullptr;
+    const T* gp = grad_each ? reinterpret_cast<const T*>(g.data_ptr<scalar_t>()) : nullptr;
+    T* op = mode == cuda::kFocalSum ? nullptr : reinterpret_cast<T*>(out.data_ptr<scalar_t>());
+    A* sum = mode == cuda::kFocalSum ? out.data_ptr<A>() : nullptr;
+    A* part = mode == cuda::kFocalSum ? partials.data_ptr<A>() : nullptr;
+    C10_CUDA_CHECK(cuda::launch_focal<T>(mode, hard, math::gamma_kind(gamma),
+                                         reinterpret_cast<const T*>(x.data_ptr<scalar_t>()), tp, lp, gp, op, part, sum,
+                                         args, blocks, stream));
+  });
+  return out;
+}
+
+at::Tensor sigmoid_focal_loss_cuda(const at::Tensor& inputs, const at::Tensor& targets, double alpha, double gamma,
+                                   int64_t ignore_index, bool reduce) {
+  check_focal_args(inputs, targets, alpha, gamma);
+  return focal_cuda(reduce ? cuda::kFocalSum : cuda::kFocalLoss, inputs, targets, at::Tensor(), alpha, gamma,
+                    ignore_index);
+}
+
+at::Tensor sigmoid_focal_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& inputs, const at::Tensor& targets,
+                                            double alpha, double gamma, int64_t ignore_index, bool reduce) {
+  check_focal_args(inputs, targets, alpha, gamma);
+  check_focal_grad(grad, inputs, reduce);
+  return focal_cuda(cuda::kFocalGrad, inputs, targets, reduce ? grad.reshape({}) : grad, alpha, gamma, ignore_index);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(focalops, CUDA, m) {
+  m.impl("sigmoid_focal_loss", &sigmoid_focal_loss_cuda);
+  m.impl("_sigmoid_focal_loss_backward", &sigmoid_focal_loss_backward_cuda);
+}
+
+}  // namespace focalops

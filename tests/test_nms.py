@@ -1,0 +1,247 @@
+import os
+import shutil
+import subprocess
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import focalops
+from focalops import reference
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def random_boxes(n, seed, size=100.0, dtype=torch.float32, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * size
+    wh = torch.rand(n, 2, generator=g) * size * 0.3
+    return torch.cat([xy, xy + wh], 1).to(dtype=dtype, device=device)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("thr", [0.0, 0.3, 0.5, 0.9])
+def test_nms_matches_reference(device, seed, thr):
+    boxes = random_boxes(400, seed, device=device)
+    scores = torch.rand(400, generator=torch.Generator().manual_seed(seed + 7)).to(device)
+    keep = focalops.nms(boxes, scores, thr)
+    assert keep.dtype == torch.int64 and keep.device.type == device
+    torch.testing.assert_close(keep.cpu(), reference.nms(boxes.cpu(), scores.cpu(), thr), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("thr", [0.0, 0.5])
+def test_many_boxes_mixed_sizes(device, thr):
+    # Enough boxes for the CPU's grid path: tiny, typical, huge, zero-area and duplicate boxes.
+    g = torch.Generator().manual_seed(3)
+    n = 3000
+    ctr = torch.rand(n, 2, generator=g) * 2000
+    side = torch.rand(n, 2, generator=g) * 60 * (1 + 30 * (torch.rand(n, 1, generator=g) < 0.02))
+    side[::97] = 0
+    boxes = torch.cat([ctr - side / 2, ctr + side / 2], 1)
+    boxes[1::50] = boxes[::50][: boxes[1::50].shape[0]]
+    scores = torch.rand(n, generator=g)
+    keep = focalops.nms(boxes.to(device), scores.to(device), thr)
+    torch.testing.assert_close(keep.cpu(), reference.nms(boxes, scores, thr), rtol=0, atol=0)
+
+
+def test_many_boxes_infinite_coordinates():
+    boxes = random_boxes(2500, 4)
+    boxes[7, 2] = float("inf")
+    scores = torch.rand(2500, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(focalops.nms(boxes, scores, 0.5), reference.nms(boxes, scores, 0.5), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("num_classes", [1, 5, 1000])
+@pytest.mark.parametrize("seed", range(3))
+def test_batched_nms_matches_reference(device, num_classes, seed):
+    n = 600
+    boxes = random_boxes(n, seed, device=device)
+    g = torch.Generator().manual_seed(seed + 11)
+    scores = torch.rand(n, generator=g).to(device)
+    idxs = torch.randint(0, num_classes, (n,), generator=g).to(device)
+    keep = focalops.batched_nms(boxes, scores, idxs, 0.4)
+    expected = reference.batched_nms(boxes.cpu(), scores.cpu(), idxs.cpu(), 0.4)
+    torch.testing.assert_close(keep.cpu(), expected, rtol=0, atol=0)
+
+
+def test_batched_nms_classes_never_suppress_each_other(device):
+    # Identical boxes in huge, negative and sparse categories: one survivor per category.
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0]] * 6, device=device)
+    scores = torch.tensor([0.1, 0.9, 0.5, 0.7, 0.3, 0.2], device=device)
+    idxs = torch.tensor([2**40, -3, 2**40, 7, -3, 7], device=device)
+    assert focalops.batched_nms(boxes, scores, idxs, 0.5).tolist() == [1, 3, 2]
+
+
+def test_tied_scores_lower_index_first(device):
+    boxes = random_boxes(300, 3, device=device)
+    scores = torch.randint(0, 4, (300,), generator=torch.Generator().manual_seed(0)).float().to(device)
+    keep = focalops.nms(boxes, scores, 0.2)
+    torch.testing.assert_close(keep.cpu(), reference.nms(boxes.cpu(), scores.cpu(), 0.2), rtol=0, atol=0)
+    s = scores[keep].cpu()
+    k = keep.cpu()
+    assert all(s[i] > s[i + 1] or (s[i] == s[i + 1] and k[i] < k[i + 1]) for i in range(len(k) - 1))
+
+
+def test_identical_and_zero_area_boxes(device):
+    boxes = torch.tensor(
+        [[0, 0, 10, 10], [0, 0, 10, 10], [5, 5, 5, 5], [5, 5, 5, 5], [0, 0, 10, 10], [20, 20, 20, 30]],
+        dtype=torch.float32,
+        device=device,
+    )
+    scores = torch.tensor([0.5, 0.9, 0.8, 0.8, 0.9, 0.1], device=device)
+    # Identical boxes (IoU 1) suppress each other; zero-area boxes have IoU 0 with everything.
+    assert focalops.nms(boxes, scores, 0.5).tolist() == [1, 2, 3, 5]
+    # Threshold 1: IoU > 1 never holds, everything is kept.
+    assert focalops.nms(boxes, scores, 1.0).tolist() == [1, 4, 2, 3, 0, 5]
+
+
+@pytest.mark.parametrize("n", [0, 1])
+def test_empty_and_single(device, n):
+    boxes = random_boxes(n, 0, device=device)
+    scores = torch.rand(n).to(device)
+    assert focalops.nms(boxes, scores, 0.5).tolist() == list(range(n))
+    assert focalops.batched_nms(boxes, scores, torch.zeros(n, dtype=torch.int64, device=device), 0.5).tolist() == list(
+        range(n)
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_dtypes(device, dtype):
+    # Boxes go to float32 for the IoU (exact for these coordinates); scores keep their order.
+    boxes = (random_boxes(200, 1) * 4).round().to(dtype=dtype, device=device)
+    scores = torch.randperm(200, generator=torch.Generator().manual_seed(1)).to(dtype=dtype, device=device)
+    keep = focalops.nms(boxes, scores, 0.3)
+    torch.testing.assert_close(keep.cpu(), reference.nms(boxes.float().cpu(), scores.cpu(), 0.3), rtol=0, atol=0)
+
+
+def test_non_contiguous(device):
+    boxes = random_boxes(200, 2, device=device).t().contiguous().t()
+    scores = torch.rand(400).to(device)[::2]
+    assert not boxes.is_contiguous() and not scores.is_contiguous()
+    torch.testing.assert_close(
+        focalops.nms(boxes, scores, 0.3).cpu(), reference.nms(boxes.cpu(), scores.cpu(), 0.3), rtol=0, atol=0
+    )
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(0, 60),
+    num_classes=st.integers(1, 4),
+    thr=st.floats(0.0, 1.0),
+    seed=st.integers(0, 2**16),
+    grid=st.booleans(),
+)
+def test_property_matches_reference(n, num_classes, thr, seed, grid):
+    boxes = random_boxes(n, seed, size=20.0)
+    if grid:  # coordinates on a grid: identical, touching and zero-area boxes are common
+        boxes = boxes.round()
+    g = torch.Generator().manual_seed(seed)
+    scores = torch.randint(0, 5, (n,), generator=g).float()
+    idxs = torch.randint(0, num_classes, (n,), generator=g)
+    torch.testing.assert_close(
+        focalops.batched_nms(boxes, scores, idxs, thr),
+        reference.batched_nms(boxes, scores, idxs, thr),
+        rtol=0,
+        atol=0,
+    )
+
+
+def test_opcheck(device):
+    boxes = random_boxes(50, 0, device=device)
+    scores = torch.rand(50).to(device)
+    idxs = torch.randint(0, 3, (50,)).to(device)
+    torch.library.opcheck(torch.ops.focalops.nms.default, (boxes, scores, 0.5))
+    torch.library.opcheck(torch.ops.focalops.batched_nms.default, (boxes, scores, idxs, 0.5))
+
+
+def test_compile(device):
+    boxes = random_boxes(80, 0, device=device)
+    scores = torch.rand(80).to(device)
+    idxs = torch.randint(0, 3, (80,)).to(device)
+
+    def fn(b, s, i):
+        keep = focalops.batched_nms(b, s, i, 0.5)
+        return b[keep], s[keep]
+
+    compiled = torch.compile(fn, fullgraph=True, backend="aot_eager")
+    for got, want in zip(compiled(boxes, scores, idxs), fn(boxes, scores, idxs)):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "boxes, scores, thr, exc, match",
+    [
+        (torch.zeros(3, 5), torch.zeros(3), 0.5, ValueError, r"boxes must be \[N, 4\]"),
+        (torch.zeros(3, 4), torch.zeros(4), 0.5, ValueError, r"scores must be \[N\]"),
+        (torch.zeros(3, 4), torch.zeros(3), -0.1, ValueError, "iou_threshold"),
+        (torch.zeros(3, 4), torch.zeros(3), float("nan"), ValueError, "iou_threshold"),
+        (torch.zeros(3, 4, dtype=torch.int64), torch.zeros(3), 0.5, TypeError, "boxes must be float"),
+        ([[0, 0, 1, 1]], torch.zeros(1), 0.5, TypeError, "boxes must be a Tensor"),
+    ],
+)
+def test_bad_input(boxes, scores, thr, exc, match):
+    with pytest.raises(exc, match=match):
+        focalops.nms(boxes, scores, thr)
+
+
+def test_bad_idxs():
+    boxes, scores = torch.zeros(3, 4), torch.zeros(3)
+    with pytest.raises(ValueError, match=r"idxs must be \[N\]"):
+        focalops.batched_nms(boxes, scores, torch.zeros(2, dtype=torch.int64), 0.5)
+    with pytest.raises(TypeError, match="idxs must be an integer"):
+        focalops.batched_nms(boxes, scores, torch.zeros(3), 0.5)
+
+
+def test_nan_rejected_on_cpu():
+    boxes, scores = random_boxes(4, 0), torch.rand(4)
+    with pytest.raises(RuntimeError, match="boxes contain NaN"):
+        focalops.nms(boxes.index_fill(0, torch.tensor([2]), float("nan")), scores, 0.5)
+    with pytest.raises(RuntimeError, match="scores contain NaN"):
+        focalops.nms(boxes, scores.index_fill(0, torch.tensor([1]), float("nan")), 0.5)
+
+
+def test_cpp_checks_reject_bad_shapes():
+    # The C++ entry checks stand on their own (torch.ops bypasses the Python wrapper).
+    with pytest.raises(RuntimeError, match="iou_threshold must be >= 0"):
+        torch.ops.focalops.nms(torch.zeros(2, 4), torch.zeros(2), -1.0)
+    with pytest.raises(RuntimeError, match="idxs must be int64"):
+        torch.ops.focalops.batched_nms(torch.zeros(2, 4), torch.zeros(2), torch.zeros(2, dtype=torch.int32), 0.5)
+
+
+def test_cuda_kernels_registered():
+    if torch.version.cuda is None or not focalops.has_cuda_kernels():
+        pytest.skip("focalops was built without CUDA kernels")
+    for op in ("nms", "batched_nms", "postprocess"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"focalops::{op}", "CUDA")
+
+
+NMS_INSTANTIATIONS = """
+#include "cuda/nms.cuh"
+namespace fc = focalops::cuda;
+#define FO_NMS(M) template cudaError_t fc::launch_nms<M>(const float*, const int64_t*, int64_t, float, uint64_t*, \\
+    uint64_t*, uint8_t*, cudaStream_t);
+FO_NMS(fc::kNoClasses)
+FO_NMS(fc::kSortedClasses)
+#define FO_CAND(L, T) template cudaError_t fc::launch_candidates<L, T>(const L*, const int64_t*, int64_t, int64_t, \\
+    const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, T, T, T*, float*, T*, \\
+    int64_t*, int64_t*, cudaStream_t);
+FO_CAND(float, float)
+FO_CAND(double, double)
+FO_CAND(__half, float)
+FO_CAND(__nv_bfloat16, float)
+#define FO_PP(T) template cudaError_t fc::launch_postprocess_nms<T>(const float*, const T*, const T*, \\
+    const int64_t*, int64_t, int64_t, int64_t, float, uint64_t*, T*, T*, int64_t*, int64_t*, cudaStream_t);
+FO_PP(float)
+FO_PP(double)
+"""
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not found")
+def test_cuda_kernel_header_compiles(tmp_path):
+    src = tmp_path / "nms_check.cu"
+    src.write_text(NMS_INSTANTIATIONS)
+    out = tmp_path / "o.o"
+    cmd = ["nvcc", "-std=c++17", "-arch=sm_90", "-I", os.path.join(ROOT, "csrc"), "-c", str(src), "-o", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
