@@ -22,9 +22,7 @@ def _inputs(batch: int, size: int, device: str, seed: int = 0):
         xy = torch.rand(BOXES_PER_IMAGE, 2, generator=g) * size * 0.7
         wh = 16 + torch.rand(BOXES_PER_IMAGE, 2, generator=g) * size * 0.3
         boxes = torch.cat([xy, (xy + wh).clamp(max=size)], 1)
-        targets.append(
-            {"boxes": boxes, "labels": torch.randint(0, NUM_CLASSES, (BOXES_PER_IMAGE,), generator=g)}
-        )
+        targets.append({"boxes": boxes, "labels": torch.randint(0, NUM_CLASSES, (BOXES_PER_IMAGE,), generator=g)})
     return images, targets
 
 
@@ -92,9 +90,7 @@ def _bench_impl(model, impl: str, case: Dict) -> List[Dict]:
 
     t_post = common.measure(post, device, warmup=2, repeat=repeat)
     note = f"{batch} images; on reference: {','.join(model.ops_on_reference) or 'none'}"
-    rows.append(
-        common.row("retinanet_postprocess", impl, "fwd", device, logit_dtype, shape, t_post, note=note)
-    )
+    rows.append(common.row("retinanet_postprocess", impl, "fwd", device, logit_dtype, shape, t_post, note=note))
     return rows
 
 

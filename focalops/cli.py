@@ -115,9 +115,7 @@ def train(args) -> dict:
     train_set = build_dataset(args, train=True)
     classes = class_names(train_set)
     sampler = (
-        torch.utils.data.DistributedSampler(
-            train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed
-        )
+        torch.utils.data.DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
         if world > 1
         else None
     )
@@ -144,9 +142,7 @@ def train(args) -> dict:
     else:
         optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     steps = [float(s) for s in args.lr_steps.split(",") if s]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda it: lr_factor(it, total, args.warmup_iters, steps)
-    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, total, args.warmup_iters, steps))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     iteration = 0
     if args.resume:
@@ -172,9 +168,7 @@ def train(args) -> dict:
             flush=True,
         )
     meter = Meter()
-    bar = tqdm(
-        total=total, initial=iteration, desc="train", disable=not main or args.no_progress, dynamic_ncols=True
-    )
+    bar = tqdm(total=total, initial=iteration, desc="train", disable=not main or args.no_progress, dynamic_ncols=True)
     net.train()
     epoch = iteration // len(loader)
     while iteration < total:
@@ -203,9 +197,7 @@ def train(args) -> dict:
                 meter.update(values, len(images) * world)
                 stats = meter.means()
                 if not all(map(lambda v: v == v and abs(v) != float("inf"), values.values())):
-                    raise FloatingPointError(
-                        f"focalops train: non-finite loss at iteration {iteration}: {values}"
-                    )
+                    raise FloatingPointError(f"focalops train: non-finite loss at iteration {iteration}: {values}")
                 if main:
                     bar.set_postfix(
                         loss=f"{sum(values.values()):.3f}",
@@ -215,15 +207,10 @@ def train(args) -> dict:
                         lr=f"{scheduler.get_last_lr()[0]:.2e}",
                     )
                     with open(log_path, "a") as f:
-                        f.write(
-                            json.dumps({"iteration": iteration, **values, "lr": scheduler.get_last_lr()[0]})
-                            + "\n"
-                        )
+                        f.write(json.dumps({"iteration": iteration, **values, "lr": scheduler.get_last_lr()[0]}) + "\n")
                 meter.reset()
             if main and (iteration % args.checkpoint_every == 0 or iteration == total):
-                save_checkpoint(
-                    os.path.join(args.out, "last.pth"), model, optimizer, scheduler, iteration, extra
-                )
+                save_checkpoint(os.path.join(args.out, "last.pth"), model, optimizer, scheduler, iteration, extra)
         epoch += 1
     bar.close()
     metrics = {}
@@ -384,9 +371,7 @@ def _add_data_args(p: argparse.ArgumentParser, from_checkpoint: bool = False) ->
         default=d("data_seed"),
         help="shapes: seed of the generated images. Default 0" + note,
     )
-    g.add_argument(
-        "--train-images", type=int, default=2000, help="shapes: training images per epoch. Default 2000"
-    )
+    g.add_argument("--train-images", type=int, default=2000, help="shapes: training images per epoch. Default 2000")
     g.add_argument("--val-images", type=int, default=200, help="shapes: validation images. Default 200")
     g.add_argument(
         "--data-root",
@@ -415,18 +400,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_data_args(p)
     g = p.add_argument_group("model")
-    g.add_argument(
-        "--backbone", choices=backbone_names(), default="resnet50", help="ResNet depth. Default resnet50"
-    )
-    g.add_argument(
-        "--frozen-bn", action="store_true", help="freeze the backbone BatchNorm (for pretrained weights)"
-    )
-    g.add_argument(
-        "--backbone-weights", help="a local torchvision ResNet ImageNet state dict (.pth) to start from"
-    )
-    g.add_argument(
-        "--fpn-channels", type=int, default=256, help="channels of the pyramid and heads. Default 256"
-    )
+    g.add_argument("--backbone", choices=backbone_names(), default="resnet50", help="ResNet depth. Default resnet50")
+    g.add_argument("--frozen-bn", action="store_true", help="freeze the backbone BatchNorm (for pretrained weights)")
+    g.add_argument("--backbone-weights", help="a local torchvision ResNet ImageNet state dict (.pth) to start from")
+    g.add_argument("--fpn-channels", type=int, default=256, help="channels of the pyramid and heads. Default 256")
     g.add_argument("--head-convs", type=int, default=4, help="conv layers in each head. Default 4")
     g.add_argument(
         "--ops",
@@ -454,9 +431,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="0.67,0.89",
         help="fractions of the run where the LR drops x10. Default 0.67,0.89",
     )
-    g.add_argument(
-        "--clip-grad", type=float, default=10.0, help="gradient-norm clipping (0: off). Default 10"
-    )
+    g.add_argument("--clip-grad", type=float, default=10.0, help="gradient-norm clipping (0: off). Default 10")
     g.add_argument("--amp", action="store_true", help="autocast mixed precision (--amp-dtype)")
     g.add_argument(
         "--amp-dtype",
@@ -481,9 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="save last.pth every N iterations (and at the end). Default 500",
     )
     g.add_argument("--log-every", type=int, default=10, help="log the losses every N iterations. Default 10")
-    g.add_argument(
-        "--eval", action="store_true", help="report COCO mAP on the validation split after training"
-    )
+    g.add_argument("--eval", action="store_true", help="report COCO mAP on the validation split after training")
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = sub.add_parser(
@@ -496,9 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8, help="images per batch. Default 8")
     p.add_argument("--score-thresh", type=float, default=0.05, help="detection score threshold. Default 0.05")
     p.add_argument("--amp", action="store_true", help="autocast mixed precision")
-    p.add_argument(
-        "--amp-dtype", choices=sorted(_AMP_DTYPES), default="bf16", help="bf16 or fp16 (CUDA). Default bf16"
-    )
+    p.add_argument("--amp-dtype", choices=sorted(_AMP_DTYPES), default="bf16", help="bf16 or fp16 (CUDA). Default bf16")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto. Default auto")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -508,9 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Draw detections (boxes, labels, scores) on an image; write a PNG.",
     )
     p.add_argument("checkpoint", help="a last.pth written by train")
-    p.add_argument(
-        "--image", help="input image (any format PIL reads); default: a validation image of the shapes set"
-    )
+    p.add_argument("--image", help="input image (any format PIL reads); default: a validation image of the shapes set")
     p.add_argument(
         "--shapes-index",
         type=int,
@@ -518,9 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="which shapes validation image to use without --image. Default 0",
     )
     p.add_argument("--output", "-o", default="prediction.png", help="output PNG. Default prediction.png")
-    p.add_argument(
-        "--score-thresh", type=float, default=0.3, help="draw detections above this score. Default 0.3"
-    )
+    p.add_argument("--score-thresh", type=float, default=0.3, help="draw detections above this score. Default 0.3")
     p.add_argument(
         "--image-size",
         type=int,

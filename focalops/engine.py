@@ -2,7 +2,6 @@
 
 import contextlib
 import io
-import json
 import os
 import time
 from typing import Dict, Iterable, List, Optional, Sequence
@@ -23,7 +22,8 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
 def lr_factor(
     iteration: int, total: int, warmup_iters: int, steps: Sequence[float], warmup_factor: float = 0.001
 ) -> float:
-    """Linear warm-up from ``warmup_factor`` over ``warmup_iters``, then x0.1 at each fraction in ``steps`` of ``total``."""
+    """LR multiplier: linear warm-up from ``warmup_factor`` over ``warmup_iters``, then x0.1 at
+    each fraction in ``steps`` of ``total`` iterations."""
     factor = 0.1 ** sum(iteration >= int(s * total) for s in steps)
     if iteration < warmup_iters:
         alpha = iteration / warmup_iters
@@ -82,9 +82,7 @@ def coco_map(
             outputs = model([im.to(device) for im in images])
         for image, target, out in zip(images, targets, outputs):
             image_id = len(images_info) + 1
-            images_info.append(
-                {"id": image_id, "height": int(image.shape[-2]), "width": int(image.shape[-1])}
-            )
+            images_info.append({"id": image_id, "height": int(image.shape[-2]), "width": int(image.shape[-1])})
             for box, label in zip(target["boxes"].tolist(), target["labels"].tolist()):
                 w, h = box[2] - box[0], box[3] - box[1]
                 annotations.append(
@@ -139,8 +137,3 @@ class Meter:
         out = {k: v / max(self.count, 1) for k, v in self.sums.items()}
         out["images_per_s"] = self.images / max(time.perf_counter() - self.start, 1e-9)
         return out
-
-
-def write_json(path: str, obj) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1)

@@ -41,18 +41,13 @@ def test_help_documents_every_flag(capsys):
         assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "--amp" in out and "--resume" in out and "--backbone" in out and "--image" in out
-    result = subprocess.run(
-        [sys.executable, "-m", "focalops", "--help"], capture_output=True, text=True, env=_env()
-    )
+    result = subprocess.run([sys.executable, "-m", "focalops", "--help"], capture_output=True, text=True, env=_env())
     assert result.returncode == 0 and "torchrun" in result.stdout
 
 
 def test_train_eval_predict_resume_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    assert (
-        cli.main(["train", *TINY, "--iters", "3", "--eval", "--out", str(out), "--checkpoint-every", "2"])
-        == 0
-    )
+    assert cli.main(["train", *TINY, "--iters", "3", "--eval", "--out", str(out), "--checkpoint-every", "2"]) == 0
     ckpt = torch.load(out / "last.pth", weights_only=False)
     assert ckpt["iteration"] == 3 and ckpt["classes"] == ["rectangle", "ellipse", "triangle"]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
@@ -61,9 +56,7 @@ def test_train_eval_predict_resume_end_to_end(tmp_path, capsys):
     assert set(metrics) == {"AP", "AP50", "AP75"} and all(0 <= v <= 1 for v in metrics.values())
 
     # Resume continues the iteration count, the schedule and the optimiser state.
-    assert (
-        cli.main(["train", *TINY, "--iters", "5", "--out", str(out), "--resume", str(out / "last.pth")]) == 0
-    )
+    assert cli.main(["train", *TINY, "--iters", "5", "--out", str(out), "--resume", str(out / "last.pth")]) == 0
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in log] == [1, 2, 3, 4, 5]
     assert torch.load(out / "last.pth", weights_only=False)["iteration"] == 5
@@ -87,12 +80,7 @@ def test_train_eval_predict_resume_end_to_end(tmp_path, capsys):
     assert "AP50" in capsys.readouterr().out
 
     png = tmp_path / "pred.png"
-    assert (
-        cli.main(
-            ["predict", str(out / "last.pth"), "-o", str(png), "--score-thresh", "0.0", "--device", "cpu"]
-        )
-        == 0
-    )
+    assert cli.main(["predict", str(out / "last.pth"), "-o", str(png), "--score-thresh", "0.0", "--device", "cpu"]) == 0
     with Image.open(png) as im:
         assert im.size == (64, 64) and im.mode == "RGB"
     # On a user image of another size: resized for the model, boxes drawn at the image's scale.
@@ -116,9 +104,7 @@ def test_train_eval_predict_resume_end_to_end(tmp_path, capsys):
     )
     with Image.open(png) as im:
         assert im.size == (200, 100)
-    assert all(
-        0 <= r["box"][0] <= r["box"][2] <= 200 and 0 <= r["box"][1] <= r["box"][3] <= 100 for r in results
-    )
+    assert all(0 <= r["box"][0] <= r["box"][2] <= 200 and 0 <= r["box"][1] <= r["box"][3] <= 100 for r in results)
 
 
 def test_amp_flag_trains(tmp_path):

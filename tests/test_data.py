@@ -112,12 +112,7 @@ def test_coco_loader(tmp_path):
     ds = CocoDetection(str(tmp_path), str(ann))
     assert len(ds) == 2 and ds.categories == ["person", "dog"] and ds.label_to_category_id == [1, 18]
     img, t = ds[0]  # sorted by id: image 3 first, no annotations
-    assert (
-        t["image_id"] == 3
-        and img.shape == (3, 30, 20)
-        and t["boxes"].shape == (0, 4)
-        and t["labels"].shape == (0,)
-    )
+    assert t["image_id"] == 3 and img.shape == (3, 30, 20) and t["boxes"].shape == (0, 4) and t["labels"].shape == (0,)
     img, t = ds[1]
     assert img.shape == (3, 40, 60) and abs(img.max().item() - 200 / 255) < 1e-6
     torch.testing.assert_close(t["boxes"], torch.tensor([[10.0, 5, 30, 15], [0, 0, 5, 5]]))
@@ -149,9 +144,7 @@ def test_voc_loader(tmp_path):
     }
     for name, objects in objs.items():
         _write_image(tmp_path / "JPEGImages" / f"{name}.jpg", 40, 50, 128)
-        xml = "".join(
-            _VOC_OBJ.format(cls=c, difficult=d, x1=a, y1=b, x2=e, y2=f) for c, d, a, b, e, f in objects
-        )
+        xml = "".join(_VOC_OBJ.format(cls=c, difficult=d, x1=a, y1=b, x2=e, y2=f) for c, d, a, b, e, f in objects)
         (tmp_path / "Annotations" / f"{name}.xml").write_text(_VOC_XML.format(name=name, objects=xml))
     (tmp_path / "ImageSets" / "Main" / "val.txt").write_text("000002\n")
     ds = VOCDetection(str(tmp_path))

@@ -176,11 +176,7 @@ def test_eval_output_format_and_equivalence():
         assert out["labels"].dtype == torch.int64
         assert (out["scores"][:-1] >= out["scores"][1:]).all()
         h, w = image.shape[-2:]
-        assert (
-            (out["boxes"][:, 0::2] <= w).all()
-            and (out["boxes"][:, 1::2] <= h).all()
-            and (out["boxes"] >= 0).all()
-        )
+        assert (out["boxes"][:, 0::2] <= w).all() and (out["boxes"][:, 1::2] <= h).all() and (out["boxes"] >= 0).all()
     for a, b in zip(outs["focalops"], outs["reference"]):
         for k in a:
             torch.testing.assert_close(a[k], b[k])

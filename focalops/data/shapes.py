@@ -17,9 +17,7 @@ from torch import Tensor
 CLASSES = ("rectangle", "ellipse", "triangle", "cross", "diamond", "ring")
 
 
-def _polygon(
-    kind: str, x: float, y: float, w: float, h: float, rng: np.random.Generator
-) -> List[Tuple[float, float]]:
+def _polygon(kind: str, x: float, y: float, w: float, h: float, rng: np.random.Generator) -> List[Tuple[float, float]]:
     if kind == "triangle":
         apex = x + w * rng.uniform(0.2, 0.8)
         return [(apex, y), (x + w, y + h), (x, y + h)]
@@ -72,9 +70,7 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     t = ((xx * math.cos(angle) + yy * math.sin(angle)) / max(h, w) + 1) / 2
     img = c0 * (1 - t[..., None]) + c1 * t[..., None]
     coarse = rng.uniform(-0.25, 0.25, (max(2, h // 24), max(2, w // 24), 3)).astype(np.float32)
-    blotch = np.asarray(
-        Image.fromarray(((coarse + 0.25) * 510).astype(np.uint8)).resize((w, h), Image.BILINEAR)
-    )
+    blotch = np.asarray(Image.fromarray(((coarse + 0.25) * 510).astype(np.uint8)).resize((w, h), Image.BILINEAR))
     img = img + blotch.astype(np.float32) / 510 - 0.25
     freq, phase = rng.uniform(0.05, 0.3), rng.uniform(0, 2 * math.pi)
     img = img + rng.uniform(0, 0.12) * np.sin(freq * (xx + yy * rng.uniform(-1, 1)) + phase)[..., None]

@@ -39,9 +39,7 @@ class Resize:
         new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
         if (new_h, new_w) == (h, w):
             return image, target
-        image = F.interpolate(
-            image[None], size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True
-        )[0]
+        image = F.interpolate(image[None], size=(new_h, new_w), mode="bilinear", align_corners=False, antialias=True)[0]
         target = dict(target)
         ratio = torch.tensor([new_w / w, new_h / h, new_w / w, new_h / h], dtype=target["boxes"].dtype)
         target["boxes"] = target["boxes"] * ratio
@@ -60,9 +58,7 @@ class RandomHorizontalFlip:
         width = image.shape[-1]
         target = dict(target)
         boxes = target["boxes"]
-        target["boxes"] = torch.stack(
-            [width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1
-        )
+        target["boxes"] = torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
         return image.flip(-1), target
 
 

@@ -202,9 +202,7 @@ class RetinaNet(nn.Module):
             pad_w = -images.shape[-1] % _PAD_MULTIPLE
             return F.pad(batch, (0, pad_w, 0, pad_h)), sizes
         if not isinstance(images, (list, tuple)) or len(images) == 0:
-            raise ValueError(
-                "RetinaNet: images must be a non-empty list of [3, H, W] tensors or a [B, 3, H, W] tensor"
-            )
+            raise ValueError("RetinaNet: images must be a non-empty list of [3, H, W] tensors or a [B, 3, H, W] tensor")
         for i, img in enumerate(images):
             if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != 3:
                 shape = list(img.shape) if isinstance(img, Tensor) else type(img).__name__
@@ -238,9 +236,7 @@ class RetinaNet(nn.Module):
             b, lab = t["boxes"], t["labels"]
             if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[-1] != 4 or not b.dtype.is_floating_point:
                 shape = list(b.shape) if isinstance(b, Tensor) else type(b).__name__
-                raise ValueError(
-                    f"RetinaNet: boxes of image {i} must be a floating [G, 4] tensor, got {shape}"
-                )
+                raise ValueError(f"RetinaNet: boxes of image {i} must be a floating [G, 4] tensor, got {shape}")
             if (
                 not isinstance(lab, Tensor)
                 or lab.shape != b.shape[:1]
@@ -267,18 +263,14 @@ class RetinaNet(nn.Module):
         valid = torch.arange(gt_boxes.shape[1], device=gt_boxes.device) < counts.to(gt_boxes.device)[:, None]
         bad_label = ((gt_labels < 0) | (gt_labels >= self.num_classes)) & valid
         bad_box = (
-            (gt_boxes[..., 2] < gt_boxes[..., 0])
-            | (gt_boxes[..., 3] < gt_boxes[..., 1])
-            | ~gt_boxes.isfinite().all(-1)
+            (gt_boxes[..., 2] < gt_boxes[..., 0]) | (gt_boxes[..., 3] < gt_boxes[..., 1]) | ~gt_boxes.isfinite().all(-1)
         ) & valid
         bad = (bad_label | bad_box).any(1)
         if bad.any():
             i = int(bad.nonzero()[0, 0])
             if bad_label[i].any():
                 value = int(gt_labels[i][bad_label[i]][0])
-                raise ValueError(
-                    f"RetinaNet: labels of image {i} must be in [0, {self.num_classes}), got {value}"
-                )
+                raise ValueError(f"RetinaNet: labels of image {i} must be in [0, {self.num_classes}), got {value}")
             box = gt_boxes[i][bad_box[i]][0].tolist()
             raise ValueError(
                 f"RetinaNet: boxes of image {i} must be finite (x1, y1, x2, y2) with x2 >= x1 and y2 >= y1, got {box}"
@@ -291,9 +283,7 @@ class RetinaNet(nn.Module):
         gt = None
         if self.training:
             if targets is None:
-                raise ValueError(
-                    "RetinaNet: targets are required in training mode (call model.eval() for inference)"
-                )
+                raise ValueError("RetinaNet: targets are required in training mode (call model.eval() for inference)")
             gt = self._pad_targets(targets, batch.shape[0], batch.device)
         features = self.fpn(self.backbone(batch))
         cls_logits = self.classification_head(features)
