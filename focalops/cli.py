@@ -7,8 +7,10 @@ CUDA, gloo on CPU). ``--batch-size`` is per process.
 
 import argparse
 import json
+import math
 import os
 import sys
+import time
 from typing import List, Optional
 
 import torch
@@ -99,7 +101,7 @@ def train(args) -> dict:
     import torch.distributed as dist
     from tqdm import tqdm
 
-    from focalops.engine import Meter, autocast, coco_map, lr_factor, save_checkpoint
+    from focalops.engine import autocast, coco_map, lr_factor, save_checkpoint
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
@@ -167,7 +169,7 @@ def train(args) -> dict:
             f"amp {args.amp_dtype if amp_dtype else 'off'}, ops {args.ops}",
             flush=True,
         )
-    meter = Meter()
+    seen, tick = 0, time.perf_counter()  # images and time since the last log line
     bar = tqdm(total=total, initial=iteration, desc="train", disable=not main or args.no_progress, dynamic_ncols=True)
     net.train()
     epoch = iteration // len(loader)
@@ -190,25 +192,31 @@ def train(args) -> dict:
             scaler.update()
             scheduler.step()
             iteration += 1
+            seen += len(images) * world
             bar.update(1)
             if iteration % args.log_every == 0 or iteration == total:
                 # Reading the losses syncs the device: only every log_every steps.
                 values = {k: float(v.detach()) for k, v in losses.items()}
-                meter.update(values, len(images) * world)
-                stats = meter.means()
-                if not all(map(lambda v: v == v and abs(v) != float("inf"), values.values())):
+                images_per_s = seen / max(time.perf_counter() - tick, 1e-9)
+                seen, tick = 0, time.perf_counter()
+                if not all(math.isfinite(v) for v in values.values()):
                     raise FloatingPointError(f"focalops train: non-finite loss at iteration {iteration}: {values}")
                 if main:
                     bar.set_postfix(
                         loss=f"{sum(values.values()):.3f}",
                         cls=f"{values['classification']:.3f}",
                         box=f"{values['bbox_regression']:.3f}",
-                        img_s=f"{stats['images_per_s'] * args.log_every:.1f}",
+                        img_s=f"{images_per_s:.1f}",
                         lr=f"{scheduler.get_last_lr()[0]:.2e}",
                     )
+                    record = {
+                        "iteration": iteration,
+                        **values,
+                        "lr": scheduler.get_last_lr()[0],
+                        "images_per_s": images_per_s,
+                    }
                     with open(log_path, "a") as f:
-                        f.write(json.dumps({"iteration": iteration, **values, "lr": scheduler.get_last_lr()[0]}) + "\n")
-                meter.reset()
+                        f.write(json.dumps(record) + "\n")
             if main and (iteration % args.checkpoint_every == 0 or iteration == total):
                 save_checkpoint(os.path.join(args.out, "last.pth"), model, optimizer, scheduler, iteration, extra)
         epoch += 1

@@ -3,7 +3,6 @@
 import contextlib
 import io
 import os
-import time
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
@@ -113,27 +112,3 @@ def coco_map(
         evaluator.summarize()
     ap, ap50, ap75 = (max(0.0, float(v)) for v in evaluator.stats[:3])
     return {"AP": ap, "AP50": ap50, "AP75": ap75}
-
-
-class Meter:
-    """Running mean of the logged losses and the image throughput since the last reset."""
-
-    def __init__(self):
-        self.reset()
-
-    def reset(self) -> None:
-        self.sums: Dict[str, float] = {}
-        self.count = 0
-        self.images = 0
-        self.start = time.perf_counter()
-
-    def update(self, losses: Dict[str, float], images: int) -> None:
-        for k, v in losses.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v
-        self.count += 1
-        self.images += images
-
-    def means(self) -> Dict[str, float]:
-        out = {k: v / max(self.count, 1) for k, v in self.sums.items()}
-        out["images_per_s"] = self.images / max(time.perf_counter() - self.start, 1e-9)
-        return out
