@@ -32,6 +32,7 @@ TORCH_LIBRARY(focalops, m) {
   m.def(
       "retinanet_targets(Tensor matched, Tensor gt_boxes, Tensor gt_labels, Tensor anchors, float[] weights) -> "
       "(Tensor, Tensor, Tensor)");
+
   // NMS (greedy, decreasing score, ties by lower index; IoU in float32) -> int64 kept indices,
   // and RetinaNet post-processing padded to detections_per_img -> (boxes, scores, labels, counts).
   m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");

@@ -168,22 +168,10 @@ def retinanet_targets(
     box_targets = torch.where(fg_mask[..., None], box_targets, torch.zeros_like(box_targets))
     return cls_targets, box_targets, fg_mask
 
+
 # ---------------------------------------------------------------------------------------------
 # NMS and RetinaNet post-processing (torchvision.ops.nms / batched_nms, RetinaNet
 # postprocess_detections), greedy and per image, per level.
-
-
-def _box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """torchvision's box_iou in float32; an empty union gives 0 (private to the NMS references)."""
-    boxes1, boxes2 = boxes1.float(), boxes2.float()
-    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
-    lt = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])
-    rb = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area1[:, None] + area2[None, :] - inter
-    return torch.where(union > 0, inter / union, torch.zeros_like(inter))
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
@@ -204,26 +192,9 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
             continue
         keep.append(i)
         if i + 1 < n:
-            over = (_box_iou(boxes[i : i + 1], boxes[i + 1 :])[0] > iou_threshold) & (idxs[i + 1 :] == idxs[i])
-            suppressed[i + 1 :] |= over
+            iou = box_iou(boxes[i : i + 1].float(), boxes[i + 1 :].float())[0]
+            suppressed[i + 1 :] |= (iou > iou_threshold) & (idxs[i + 1 :] == idxs[i])
     return order[torch.tensor(keep, dtype=torch.int64, device=boxes.device)]
-
-
-def _decode_boxes(deltas: Tensor, anchors: Tensor, clamp: float = math.log(1000.0 / 16)) -> Tensor:
-    """torchvision BoxCoder(weights=(1, 1, 1, 1)).decode_single."""
-    deltas = deltas.to(anchors.dtype)
-    widths = anchors[:, 2] - anchors[:, 0]
-    heights = anchors[:, 3] - anchors[:, 1]
-    ctr_x = anchors[:, 0] + 0.5 * widths
-    ctr_y = anchors[:, 1] + 0.5 * heights
-    dx, dy = deltas[:, 0], deltas[:, 1]
-    dw = torch.clamp(deltas[:, 2], max=clamp)
-    dh = torch.clamp(deltas[:, 3], max=clamp)
-    pred_ctr_x = dx * widths + ctr_x
-    pred_ctr_y = dy * heights + ctr_y
-    half_w = 0.5 * (torch.exp(dw) * widths)
-    half_h = 0.5 * (torch.exp(dh) * heights)
-    return torch.stack((pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h), dim=1)
 
 
 def postprocess(
@@ -260,7 +231,7 @@ def postprocess(
             topk_idxs = topk_idxs[idxs]
             anchor_idxs = torch.div(topk_idxs, num_classes, rounding_mode="floor")
             labels_l = topk_idxs % num_classes
-            boxes_l = _decode_boxes(deltas_l[anchor_idxs].to(dtype), anchors_l[anchor_idxs].to(dtype))
+            boxes_l = decode_boxes(deltas_l[anchor_idxs].to(dtype), anchors_l[anchor_idxs].to(dtype))
             boxes_l = torch.stack(
                 (
                     boxes_l[:, 0].clamp(0, width),

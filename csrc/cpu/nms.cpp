@@ -68,7 +68,7 @@ bool greedy_nms_grid(const float* boxes, int64_t n, float thr, uint8_t* keep) {
   if (!std::isfinite(x0) || !std::isfinite(x1) || !std::isfinite(y0) || !std::isfinite(y1)) return false;
   std::nth_element(sides.begin(), sides.begin() + n / 2, sides.end());
   constexpr int64_t kMaxCellsPerSide = 1024, kLargeSpan = 16;
-  double cell = std::max<double>(sides[n / 2], 1e-6);
+  double cell = std::max<double>(0.5 * sides[n / 2], 1e-6);
   cell = std::max(cell, std::max(double(x1) - x0, double(y1) - y0) / kMaxCellsPerSide);
   const int64_t gx = static_cast<int64_t>((double(x1) - x0) / cell) + 1;
   const int64_t gy = static_cast<int64_t>((double(y1) - y0) / cell) + 1;

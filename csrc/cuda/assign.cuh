@@ -11,22 +11,12 @@
 // CPU kernel's and both give identical indices.
 #pragma once
 
-#include <assert.h>
-#include <cuda_runtime.h>
-
 #include <cstdint>
 
 #include "cuda/boxes.cuh"
+#include "cuda/common.cuh"
 #include "math/box.h"
 
-#ifndef FO_DEVICE_CHECK
-// Fails the kernel like PyTorch's CUDA_KERNEL_ASSERT: the error surfaces at the next
-// synchronisation, so checking data on the device costs no host round trip.
-#define FO_DEVICE_CHECK(cond)                                                                \
-  do {                                                                                       \
-    if (!(cond)) __assert_fail(#cond, __FILE__, static_cast<unsigned>(__LINE__), __func__); \
-  } while (0)
-#endif
 
 namespace focalops {
 namespace cuda {

@@ -43,6 +43,9 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     removes the later boxes whose IoU with it is greater than ``iou_threshold``. IoU is
     computed in float32 (an empty union counts as IoU 0). The number of kept boxes depends on
     the data, so on CUDA the op reads that count back to the host (one synchronisation).
+    CPU: exact greedy per class bucket (a uniform grid of kept boxes for large buckets). CUDA:
+    64-box bitmask in device memory (``N^2 / 8`` bytes) reduced on the GPU; at most 4,194,240
+    boxes.
 
     Args:
         boxes (Tensor[N, 4]): ``(x1, y1, x2, y2)`` boxes, float32 / float64 / float16 / bfloat16.
@@ -112,8 +115,10 @@ def postprocess(
     ``detections_per_img``. Scores are computed only for logits that can pass the threshold.
     Candidate order (top-k selection and NMS) is decreasing score with ties broken by the lower
     flat index ``anchor * K + class`` within a level, then by level (torchvision leaves the
-    order of exactly tied scores unspecified). On CUDA the output shapes are static and the op
-    never synchronises with the host (CUDA-graph capturable).
+    order of exactly tied scores unspecified; on CUDA the top-k is taken on the logits and which
+    of several logits tied exactly at the top-k boundary is kept is unspecified). On CUDA the
+    output shapes are static and the op never synchronises with the host (CUDA-graph
+    capturable); ``levels * topk_candidates`` is limited to 393,216 there.
 
     Args:
         cls_logits (Tensor[B, A, K]): class logits, float32 / float64 / float16 / bfloat16.
@@ -136,8 +141,9 @@ def postprocess(
         TypeError: a non-tensor or non-floating input.
         ValueError: wrong shapes or devices, ``level_sizes`` not summing to ``A``, a negative
             threshold or count.
-        RuntimeError: NaN in ``cls_logits`` or ``box_deltas`` (checked on CPU only; on CUDA a NaN
-            logit is never a candidate).
+        RuntimeError: NaN in ``cls_logits`` or ``box_deltas`` (checked on CPU only: on CUDA, where a
+            check would cost a synchronisation, a NaN logit is never a detection but may take one
+            of its level's top-k slots, and NaN deltas give NaN boxes that suppress nothing).
     """
     op = "postprocess"
     _check_tensor(op, "cls_logits", cls_logits)
