@@ -187,7 +187,9 @@ class RetinaNet(nn.Module):
     def ops(self, name: str) -> None:
         self._ops = _ops_table(name)
         self._ops_name = name
-        self.anchor_generator = self._ops.anchor_generator(sizes=self.config["anchor_sizes"])
+        # Both tables share the generator class: keep its cache across switches.
+        if not isinstance(getattr(self, "anchor_generator", None), self._ops.anchor_generator):
+            self.anchor_generator = self._ops.anchor_generator(sizes=self.config["anchor_sizes"])
 
     # ---- input handling -------------------------------------------------------------------
     def _batch_images(self, images: Union[Tensor, List[Tensor]]) -> Tuple[Tensor, List[Tuple[int, int]]]:
