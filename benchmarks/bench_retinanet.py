@@ -1,0 +1,148 @@
+"""The thin RetinaNet end to end: a training step and the post-processing, on focalops ops vs
+the same model (same weights, same inputs) on focalops.reference ops; plus the loss pieces
+(assignment, target building, focal loss forward + backward) timed alone on the step's own
+tensors, with their share of the step."""
+
+from typing import Dict, List
+
+import torch
+
+from benchmarks import common
+from focalops.models import RetinaNet
+
+NUM_CLASSES = 80
+BOXES_PER_IMAGE = 12
+
+
+def _inputs(batch: int, size: int, device: str, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch, 3, size, size, generator=g).to(device)
+    targets = []
+    for _ in range(batch):
+        xy = torch.rand(BOXES_PER_IMAGE, 2, generator=g) * size * 0.7
+        wh = 16 + torch.rand(BOXES_PER_IMAGE, 2, generator=g) * size * 0.3
+        boxes = torch.cat([xy, (xy + wh).clamp(max=size)], 1)
+        targets.append({"boxes": boxes, "labels": torch.randint(0, NUM_CLASSES, (BOXES_PER_IMAGE,), generator=g)})
+    return images, targets
+
+
+def _autocast(device: str, amp: bool):
+    return torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=amp)
+
+
+def _step_fn(model, impl: str, case: Dict):
+    device, amp, images, targets, optimizer = (
+        case["device"],
+        case["amp"],
+        case["images"],
+        case["targets"],
+        case["optimizer"],
+    )
+
+    def step():
+        with _autocast(device, amp):
+            losses = model(images, targets)
+        optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        optimizer.step()
+
+    return step
+
+
+def _bench_impl(model, impl: str, case: Dict, t_step: Dict) -> List[Dict]:
+    device, amp, repeat, shape = case["device"], case["amp"], case["repeat"], case["shape"]
+    cls_logits, box_deltas, anchors = case["cls_logits"], case["box_deltas"], case["anchors"]
+    gt_boxes, gt_labels, gt_counts = case["gt"]
+    model.ops = impl
+    model.train()
+    batch = len(case["targets"])
+    rows = [
+        common.row(
+            "retinanet_train_step", impl, "fwd+bwd", device, "bf16-amp" if amp else "float32", shape, t_step,
+            peak_bytes=common.peak_memory(_step_fn(model, impl, case), device),
+            note=f"{batch / (t_step['ms'] * 1e-3):.1f} img/s; {anchors.shape[0]} anchors/img",
+        )
+    ]  # fmt: skip
+
+    ops, cfg = model._ops, model.config
+    logits = cls_logits.detach().requires_grad_(True)
+    logit_dtype = str(cls_logits.dtype).replace("torch.", "")
+
+    def assign():
+        return ops.assign(anchors, gt_boxes, gt_counts, cfg["fg_iou"], cfg["bg_iou"], True)
+
+    def build_targets(matched):
+        cls_t, _, fg = ops.retinanet_targets(matched, gt_boxes, gt_labels, anchors)
+        return cls_t, fg.sum().clamp(min=1).to(torch.float32)
+
+    def focal(cls_t, num_fg):
+        ops.sigmoid_focal_loss(logits, cls_t, 0.25, 2.0, "sum", normalizer=num_fg).backward()
+
+    matched = assign()
+    cls_t, num_fg = build_targets(matched)
+    pieces = [
+        ("retinanet_assign", "fwd", assign),
+        ("retinanet_targets", "fwd", lambda: build_targets(matched)),
+        ("retinanet_focal_loss", "fwd+bwd", lambda: focal(cls_t, num_fg)),
+        ("retinanet_loss_pieces", "fwd+bwd", lambda: focal(*build_targets(assign()))),
+    ]
+    for op, pass_, fn in pieces:
+        t = common.measure(fn, device, warmup=2, repeat=repeat)
+        what = "assign + targets + focal loss: " if op == "retinanet_loss_pieces" else ""
+        note = f"{what}{100 * t['ms'] / t_step['ms']:.1f}% of the step"
+        rows.append(common.row(op, impl, pass_, device, logit_dtype, shape, t, note=note))
+
+    def post():
+        with torch.no_grad():
+            model.detect(cls_logits, box_deltas, anchors, case["level_sizes"], case["image_sizes"])
+
+    t_post = common.measure(post, device, warmup=2, repeat=repeat)
+    note = f"{batch} images; on reference: {','.join(model.ops_on_reference) or 'none'}"
+    rows.append(common.row("retinanet_postprocess", impl, "fwd", device, logit_dtype, shape, t_post, note=note))
+    return rows
+
+
+def run(device: str, quick: bool) -> List[Dict]:
+    if device.startswith("cuda"):
+        backbone, batch, size, amp = "resnet50", (4 if quick else 16), (512 if quick else 800), True
+    else:
+        backbone, batch, size, amp = "resnet18", 2, (128 if quick else 256), False
+    torch.manual_seed(0)
+    model = RetinaNet(NUM_CLASSES, backbone).to(device)
+    images, targets = _inputs(batch, size, device)
+    # Head outputs and padded ground truth of one step, for the pieces and the post-processing.
+    with torch.no_grad(), _autocast(device, amp):
+        batch_t, sizes = model._batch_images(images)
+        features = model.fpn(model.backbone(batch_t))
+        cls_logits = model.classification_head(features)
+        box_deltas = model.regression_head(features)
+        anchors, level_sizes = model._anchors(features)
+    case = {
+        "device": device,
+        "amp": amp,
+        "repeat": 3 if quick else 10,
+        "shape": f"{backbone} {batch}x{size}x{size} K={NUM_CLASSES}",
+        "images": images,
+        "targets": targets,
+        "optimizer": torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9),
+        "cls_logits": cls_logits,
+        "box_deltas": box_deltas,
+        "anchors": anchors,
+        "level_sizes": level_sizes,
+        "image_sizes": torch.tensor(sizes, device=device),
+        "gt": model._pad_targets(targets, batch, torch.device(device)),
+    }
+    impls = ("focalops", "reference")
+    # The step is long and the other impl's step is its baseline: time them alternately, twice,
+    # and keep each one's better median, so a burst of load on a shared machine hits both alike.
+    steps: Dict[str, Dict] = {}
+    for _ in range(2):
+        for impl in impls:
+            model.ops = impl
+            t = common.measure(_step_fn(model, impl, case), device, warmup=2, repeat=case["repeat"], max_seconds=30)
+            if impl not in steps or t["ms"] < steps[impl]["ms"]:
+                steps[impl] = t
+    rows: List[Dict] = []
+    for impl in impls:
+        rows += _bench_impl(model, impl, case, steps[impl])
+    return rows

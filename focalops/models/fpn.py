@@ -1,0 +1,42 @@
+"""Feature pyramid P3-P7 for RetinaNet (Lin et al., 2017, "Focal Loss for Dense Object Detection")."""
+
+from typing import List, Sequence
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class FPN(nn.Module):
+    """Top-down pyramid P3-P5 from C3-C5, plus P6 (3x3 stride-2 conv on C5) and P7 (3x3
+    stride-2 conv on relu(P6)), as in the RetinaNet paper.
+
+    Args:
+        in_channels (Sequence[int]): channels of C3, C4, C5.
+        out_channels (int): channels of every pyramid level. Default 256.
+
+    Returns (forward):
+        list[Tensor]: ``[P3, P4, P5, P6, P7]`` with strides 8, 16, 32, 64, 128.
+    """
+
+    def __init__(self, in_channels: Sequence[int], out_channels: int = 256):
+        super().__init__()
+        self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
+        self.output = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
+        self.p6 = nn.Conv2d(in_channels[-1], out_channels, 3, stride=2, padding=1)
+        self.p7 = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_uniform_(m.weight, a=1)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, features: List[Tensor]) -> List[Tensor]:
+        c5 = features[-1]
+        inner = self.lateral[-1](c5)
+        outs = [self.output[-1](inner)]
+        for i in range(len(features) - 2, -1, -1):
+            lateral = self.lateral[i](features[i])
+            inner = lateral + F.interpolate(inner, size=lateral.shape[-2:], mode="nearest")
+            outs.insert(0, self.output[i](inner))
+        p6 = self.p6(c5)
+        p7 = self.p7(F.relu(p6))
+        return outs + [p6, p7]

@@ -1,0 +1,350 @@
+"""A thin RetinaNet (Lin et al., 2017) whose loss and post-processing run on focalops ops."""
+
+import math
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from focalops.models.fpn import FPN
+from focalops.models.resnet import ResNet
+
+_IMAGENET_MEAN = (0.485, 0.456, 0.406)
+_IMAGENET_STD = (0.229, 0.224, 0.225)
+_PAD_MULTIPLE = 128  # the P7 stride: every level then tiles the padded image exactly
+
+
+class _Ops(NamedTuple):
+    """The ops the detector calls; one table per implementation, chosen by ``ops=``."""
+
+    anchor_generator: type
+    assign: object
+    retinanet_targets: object
+    sigmoid_focal_loss: object
+    postprocess: object
+
+
+def _ops_table(name: str) -> _Ops:
+    import focalops
+    from focalops import reference
+
+    if name not in ("focalops", "reference"):
+        raise ValueError(f"RetinaNet: ops must be 'focalops' or 'reference', got {name!r}")
+    src = focalops if name == "focalops" else reference
+
+    def pick(op: str):
+        # An op not (yet) exported by focalops runs on its reference behind the same call;
+        # `RetinaNet.ops_on_reference` lists them.
+        return getattr(src, op, None) or getattr(reference, op)
+
+    # Anchors are generated once per feature-map size and cached: one generator serves both.
+    return _Ops(
+        focalops.AnchorGenerator,
+        pick("assign"),
+        pick("retinanet_targets"),
+        pick("sigmoid_focal_loss"),
+        pick("postprocess"),
+    )
+
+
+class _Subnet(nn.Module):
+    """``num_convs`` x (conv3x3 + ReLU) then a conv3x3 predicting ``per_anchor`` values for each
+    of ``num_anchors`` anchors; shared across pyramid levels."""
+
+    def __init__(self, channels: int, num_anchors: int, per_anchor: int, num_convs: int, bias_init: float):
+        super().__init__()
+        layers: List[nn.Module] = []
+        for _ in range(num_convs):
+            layers += [nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(inplace=True)]
+        self.convs = nn.Sequential(*layers)
+        self.out = nn.Conv2d(channels, num_anchors * per_anchor, 3, padding=1)
+        self.num_anchors, self.per_anchor = num_anchors, per_anchor
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.normal_(m.weight, std=0.01)
+                nn.init.zeros_(m.bias)
+        nn.init.constant_(self.out.bias, bias_init)
+
+    def forward(self, features: List[Tensor]) -> Tensor:
+        outs = []
+        for x in features:
+            y = self.out(self.convs(x))
+            n, _, h, w = y.shape
+            # [N, A*C, H, W] -> [N, H*W*A, C]: the (level, y, x, anchor) order of AnchorGenerator.
+            outs.append(
+                y.view(n, self.num_anchors, self.per_anchor, h, w)
+                .permute(0, 3, 4, 1, 2)
+                .reshape(n, -1, self.per_anchor)
+            )
+        return torch.cat(outs, dim=1)
+
+
+class RetinaNet(nn.Module):
+    """RetinaNet: ResNet + FPN P3-P7 + class and box subnets, with the focalops hot path.
+
+    Follows torchvision's detection calling convention. In training mode
+    ``model(images, targets)`` returns ``{"classification": Tensor[], "bbox_regression": Tensor[]}``:
+    the class-index sigmoid focal loss (``alpha``, ``gamma``, summed, divided by the number of
+    foreground anchors in the batch, at least 1) and the L1 loss of the encoded box deltas of the
+    foreground anchors (same normaliser). In eval mode ``model(images)`` returns one
+    ``{"boxes": Tensor[D, 4], "scores": Tensor[D], "labels": Tensor[D]}`` per image.
+    The whole batch goes through anchor assignment, target building, the loss and the
+    post-processing at once (no Python loop over images).
+
+    Args:
+        num_classes (int): number of object classes ``K`` (no background class).
+        backbone (str): ``"resnet18"``, ``"resnet34"``, ``"resnet50"`` (default) or ``"resnet101"``.
+        frozen_bn (bool): frozen BatchNorm in the backbone (fine-tuning from pretrained weights);
+            default False (trainable BatchNorm, for training from scratch).
+        ops (str): ``"focalops"`` (default) or ``"reference"`` (the same model on the
+            ``focalops.reference`` ops, for tests and benchmarks). Settable later: ``model.ops = ...``.
+        fpn_channels (int): channels of the pyramid and the heads. Default 256.
+        head_convs (int): conv3x3 + ReLU layers in each subnet. Default 4.
+        anchor_sizes (Sequence[int]): base anchor size per level P3-P7. Default (32, 64, 128, 256, 512).
+        fg_iou, bg_iou (float): assignment thresholds. Default 0.5, 0.4.
+        focal_alpha, focal_gamma (float): focal loss parameters. Default 0.25, 2.
+        score_thresh, nms_thresh (float), topk_candidates, detections_per_img (int):
+            post-processing, as torchvision (0.05, 0.5, 1000, 100).
+
+    Inputs:
+        images: a list of float ``Tensor[3, H, W]`` in [0, 1] (sizes may differ) or one
+            ``Tensor[B, 3, H, W]``. The model normalises them with the ImageNet mean and std and
+            pads them (bottom / right) to a multiple of 128; resizing is the data pipeline's job.
+        targets (training only): a list of ``{"boxes": Tensor[G, 4] float (x1, y1, x2, y2) in
+            pixels, "labels": Tensor[G] int64 in [0, num_classes)}``; ``G`` may be 0.
+
+    Raises:
+        ValueError: unknown backbone or ops; images of the wrong shape; missing targets in
+            training mode; a target of the wrong shape or type, a label outside
+            ``[0, num_classes)``, a box with ``x2 < x1`` or ``y2 < y1`` or a non-finite
+            coordinate (the message names the image index).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet50",
+        *,
+        frozen_bn: bool = False,
+        ops: str = "focalops",
+        fpn_channels: int = 256,
+        head_convs: int = 4,
+        anchor_sizes: Sequence[int] = (32, 64, 128, 256, 512),
+        fg_iou: float = 0.5,
+        bg_iou: float = 0.4,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        score_thresh: float = 0.05,
+        nms_thresh: float = 0.5,
+        topk_candidates: int = 1000,
+        detections_per_img: int = 100,
+    ):
+        super().__init__()
+        if not isinstance(num_classes, int) or num_classes < 1:
+            raise ValueError(f"RetinaNet: num_classes must be a positive int, got {num_classes!r}")
+        self.config = dict(
+            num_classes=num_classes,
+            backbone=backbone,
+            frozen_bn=frozen_bn,
+            fpn_channels=fpn_channels,
+            head_convs=head_convs,
+            anchor_sizes=tuple(anchor_sizes),
+            fg_iou=fg_iou,
+            bg_iou=bg_iou,
+            focal_alpha=focal_alpha,
+            focal_gamma=focal_gamma,
+            score_thresh=score_thresh,
+            nms_thresh=nms_thresh,
+            topk_candidates=topk_candidates,
+            detections_per_img=detections_per_img,
+        )
+        self.num_classes = num_classes
+        self.backbone = ResNet(backbone, frozen_bn=frozen_bn)
+        self.fpn = FPN(self.backbone.out_channels, fpn_channels)
+        num_anchors = 9
+        prior = 0.01
+        self.classification_head = _Subnet(
+            fpn_channels, num_anchors, num_classes, head_convs, -math.log((1 - prior) / prior)
+        )
+        self.regression_head = _Subnet(fpn_channels, num_anchors, 4, head_convs, 0.0)
+        self.register_buffer("pixel_mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.ops = ops
+
+    @property
+    def ops(self) -> str:
+        return self._ops_name
+
+    @property
+    def ops_on_reference(self) -> List[str]:
+        """Names of the ops that run on ``focalops.reference`` (all of them with ``ops="reference"``)."""
+        from focalops import reference
+
+        return [op for op in _Ops._fields[1:] if getattr(self._ops, op) is getattr(reference, op)]
+
+    @ops.setter
+    def ops(self, name: str) -> None:
+        self._ops = _ops_table(name)
+        self._ops_name = name
+        # Both tables share the generator class: keep its cache across switches.
+        if not isinstance(getattr(self, "anchor_generator", None), self._ops.anchor_generator):
+            self.anchor_generator = self._ops.anchor_generator(sizes=self.config["anchor_sizes"])
+
+    # ---- input handling -------------------------------------------------------------------
+    def _batch_images(self, images: Union[Tensor, List[Tensor]]) -> Tuple[Tensor, List[Tuple[int, int]]]:
+        if isinstance(images, Tensor):
+            if images.dim() != 4 or images.shape[1] != 3:
+                raise ValueError(
+                    f"RetinaNet: images must be [B, 3, H, W] or a list of [3, H, W], got {list(images.shape)}"
+                )
+            sizes = [(images.shape[-2], images.shape[-1])] * images.shape[0]
+            batch = (images - self.pixel_mean) / self.pixel_std
+            pad_h = -images.shape[-2] % _PAD_MULTIPLE
+            pad_w = -images.shape[-1] % _PAD_MULTIPLE
+            return F.pad(batch, (0, pad_w, 0, pad_h)), sizes
+        if not isinstance(images, (list, tuple)) or len(images) == 0:
+            raise ValueError("RetinaNet: images must be a non-empty list of [3, H, W] tensors or a [B, 3, H, W] tensor")
+        for i, img in enumerate(images):
+            if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != 3:
+                shape = list(img.shape) if isinstance(img, Tensor) else type(img).__name__
+                raise ValueError(f"RetinaNet: image {i} must be a [3, H, W] tensor, got {shape}")
+        sizes = [(img.shape[-2], img.shape[-1]) for img in images]
+        height = -(-max(h for h, _ in sizes) // _PAD_MULTIPLE) * _PAD_MULTIPLE
+        width = -(-max(w for _, w in sizes) // _PAD_MULTIPLE) * _PAD_MULTIPLE
+        # Normalise, then pad with zeros (the padding is the mean colour), as torchvision.
+        batch = images[0].new_zeros(len(images), 3, height, width)
+        mean, std = self.pixel_mean[0].to(batch.dtype), self.pixel_std[0].to(batch.dtype)
+        for img, pad in zip(images, batch):
+            pad[:, : img.shape[-2], : img.shape[-1]].copy_((img - mean) / std)
+        return batch, sizes
+
+    @torch.compiler.disable
+    def _pad_targets(self, targets, num_images: int, device) -> Tuple[Tensor, Tensor, Tensor]:
+        """Checks the targets and pads them to ``boxes [B, Gmax, 4], labels [B, Gmax], counts [B]``.
+
+        The value checks run batched on the tensors as given (usually CPU tensors from the data
+        loader, so no device synchronisation); they are skipped by torch.compile tracing.
+        """
+        if not isinstance(targets, (list, tuple)) or len(targets) != num_images:
+            got = len(targets) if isinstance(targets, (list, tuple)) else type(targets).__name__
+            raise ValueError(
+                f"RetinaNet: training needs a list of {num_images} target dicts (one per image), got {got}"
+            )
+        boxes, labels = [], []
+        for i, t in enumerate(targets):
+            if not isinstance(t, dict) or "boxes" not in t or "labels" not in t:
+                raise ValueError(f"RetinaNet: target of image {i} must be a dict with 'boxes' and 'labels'")
+            b, lab = t["boxes"], t["labels"]
+            if not isinstance(b, Tensor) or b.dim() != 2 or b.shape[-1] != 4 or not b.dtype.is_floating_point:
+                shape = list(b.shape) if isinstance(b, Tensor) else type(b).__name__
+                raise ValueError(f"RetinaNet: boxes of image {i} must be a floating [G, 4] tensor, got {shape}")
+            if (
+                not isinstance(lab, Tensor)
+                or lab.shape != b.shape[:1]
+                or lab.dtype.is_floating_point
+                or lab.dtype == torch.bool
+            ):
+                shape = list(lab.shape) if isinstance(lab, Tensor) else type(lab).__name__
+                raise ValueError(
+                    f"RetinaNet: labels of image {i} must be an integer [{b.shape[0]}] tensor, got {shape}"
+                )
+            boxes.append(b.float())
+            labels.append(lab.long())
+        counts = torch.tensor([b.shape[0] for b in boxes], dtype=torch.int64)
+        gt_boxes = (
+            nn.utils.rnn.pad_sequence(boxes, batch_first=True)
+            if counts.sum() > 0
+            else boxes[0].new_zeros(num_images, 0, 4)
+        )
+        gt_labels = (
+            nn.utils.rnn.pad_sequence(labels, batch_first=True)
+            if counts.sum() > 0
+            else labels[0].new_zeros(num_images, 0)
+        )
+        valid = torch.arange(gt_boxes.shape[1], device=gt_boxes.device) < counts.to(gt_boxes.device)[:, None]
+        bad_label = ((gt_labels < 0) | (gt_labels >= self.num_classes)) & valid
+        bad_box = (
+            (gt_boxes[..., 2] < gt_boxes[..., 0]) | (gt_boxes[..., 3] < gt_boxes[..., 1]) | ~gt_boxes.isfinite().all(-1)
+        ) & valid
+        bad = (bad_label | bad_box).any(1)
+        if bad.any():
+            i = int(bad.nonzero()[0, 0])
+            if bad_label[i].any():
+                value = int(gt_labels[i][bad_label[i]][0])
+                raise ValueError(f"RetinaNet: labels of image {i} must be in [0, {self.num_classes}), got {value}")
+            box = gt_boxes[i][bad_box[i]][0].tolist()
+            raise ValueError(
+                f"RetinaNet: boxes of image {i} must be finite (x1, y1, x2, y2) with x2 >= x1 and y2 >= y1, got {box}"
+            )
+        return gt_boxes.to(device), gt_labels.to(device), counts.to(device)
+
+    # ---- forward ---------------------------------------------------------------------------
+    def forward(self, images: Union[Tensor, List[Tensor]], targets: Optional[List[Dict[str, Tensor]]] = None):
+        batch, sizes = self._batch_images(images)
+        gt = None
+        if self.training:
+            if targets is None:
+                raise ValueError("RetinaNet: targets are required in training mode (call model.eval() for inference)")
+            gt = self._pad_targets(targets, batch.shape[0], batch.device)
+        features = self.fpn(self.backbone(batch))
+        cls_logits = self.classification_head(features)
+        box_deltas = self.regression_head(features)
+        anchors, level_sizes = self._anchors(features)
+        if self.training:
+            return self.compute_loss(cls_logits, box_deltas, anchors, *gt)
+        image_sizes = torch.tensor(sizes, dtype=torch.int64, device=batch.device)
+        return self.detect(cls_logits, box_deltas, anchors, level_sizes, image_sizes)
+
+    def _anchors(self, features: List[Tensor]) -> Tuple[Tensor, List[int]]:
+        return self.anchor_generator([tuple(f.shape[-2:]) for f in features], device=features[0].device)
+
+    def compute_loss(
+        self,
+        cls_logits: Tensor,
+        box_deltas: Tensor,
+        anchors: Tensor,
+        gt_boxes: Tensor,
+        gt_labels: Tensor,
+        gt_counts: Tensor,
+    ) -> Dict[str, Tensor]:
+        """The batched RetinaNet losses from head outputs ``[B, A, K]``, ``[B, A, 4]``, anchors
+        ``[A, 4]`` and padded ground truth ``[B, G, 4]``, ``[B, G]``, ``[B]``."""
+        ops, cfg = self._ops, self.config
+        matched = ops.assign(anchors, gt_boxes, gt_counts, cfg["fg_iou"], cfg["bg_iou"], True)
+        cls_targets, box_targets, foreground = ops.retinanet_targets(matched, gt_boxes, gt_labels, anchors)
+        # A device tensor: no host synchronisation in the step.
+        num_fg = foreground.sum().clamp(min=1).to(torch.float32)
+        cls_loss = ops.sigmoid_focal_loss(
+            cls_logits, cls_targets, cfg["focal_alpha"], cfg["focal_gamma"], "sum", normalizer=num_fg
+        )
+        l1 = (box_deltas.float() - box_targets.float()).abs().sum(-1)
+        box_loss = torch.where(foreground, l1, torch.zeros_like(l1)).sum() / num_fg
+        return {"classification": cls_loss.float(), "bbox_regression": box_loss}
+
+    def detect(
+        self,
+        cls_logits: Tensor,
+        box_deltas: Tensor,
+        anchors: Tensor,
+        level_sizes: List[int],
+        image_sizes: Tensor,
+    ) -> List[Dict[str, Tensor]]:
+        """Per-image detections from the head outputs (batched post-processing, then one split)."""
+        cfg = self.config
+        boxes, scores, labels, counts = self._ops.postprocess(
+            cls_logits,
+            box_deltas,
+            anchors,
+            level_sizes,
+            image_sizes,
+            score_thresh=cfg["score_thresh"],
+            topk_candidates=cfg["topk_candidates"],
+            nms_thresh=cfg["nms_thresh"],
+            detections_per_img=cfg["detections_per_img"],
+        )
+        # The only host read of the eval path: the number of detections of each image.
+        return [
+            {"boxes": b[:n], "scores": s[:n], "labels": lab[:n]}
+            for b, s, lab, n in zip(boxes, scores, labels, counts.tolist())
+        ]
