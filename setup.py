@@ -10,6 +10,7 @@ Environment:
 
 import glob
 import os
+import sys
 
 import torch
 from setuptools import find_packages, setup
@@ -39,10 +40,16 @@ def _extension():
     opt = ["-O0", "-g"] if debug else ["-O3"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     cxx = opt + ["-DPy_LIMITED_API=0x03090000"]  # the C++ standard is torch's default
+    # at::parallel_for is inlined into our kernels: with torch's OpenMP backend it is an
+    # `omp parallel` region that runs serially unless we compile with OpenMP too.
+    openmp = torch._C.has_openmp and sys.platform.startswith("linux")
+    link = ["-fopenmp"] if openmp else []
+    cxx += link
     kwargs = dict(
         name="focalops._C",
         include_dirs=[os.path.join(ROOT, "csrc")],
         py_limited_api=True,
+        extra_link_args=link,
     )
     if with_cuda:
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
@@ -55,13 +62,14 @@ def _extension():
         ext = CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kwargs)
     print(
         "focalops build: torch {} | cuda kernels: {} (torch.version.cuda={}, CUDA_HOME={}) | "
-        "arch list: {} | {} | MAX_JOBS={}".format(
+        "arch list: {} | {} | OpenMP: {} | MAX_JOBS={}".format(
             torch.__version__,
             "on" if with_cuda else "off",
             torch.version.cuda,
             CUDA_HOME,
             os.environ.get("TORCH_CUDA_ARCH_LIST", "-") if with_cuda else "-",
             "debug" if debug else "release",
+            "on" if openmp else "off",
             os.environ.get("MAX_JOBS", "auto"),
         )
     )
