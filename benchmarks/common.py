@@ -48,16 +48,29 @@ def measure(
     return {"ms": statistics.median(samples), "min_ms": min(samples), "samples": len(samples)}
 
 
-def peak_memory(fn: Callable[[], object], device: str) -> Optional[int]:
-    """Peak extra device memory (bytes) of one fn() call on CUDA; None on CPU."""
-    if not device.startswith("cuda"):
-        return None
-    sync(device)
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    sync(device)
-    return torch.cuda.max_memory_allocated() - base
+def peak_memory(fn: Callable[[], object], device: str) -> int:
+    """Peak extra memory (bytes) allocated by one fn() call.
+
+    CUDA: the caching allocator's peak. CPU: the running sum of the allocations and frees that
+    the profiler records for each op (allocations are placed at the op's start).
+    """
+    if device.startswith("cuda"):
+        sync(device)
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        sync(device)
+        return torch.cuda.max_memory_allocated() - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    running = peak = 0
+    for e in events:
+        running += e.self_cpu_memory_usage
+        peak = max(peak, running)
+    return peak
 
 
 _COPY_BW: Dict[str, float] = {}
