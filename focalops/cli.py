@@ -322,6 +322,10 @@ def predict(args) -> List[dict]:
 
 
 def bench(argv: List[str]) -> int:
+    # An editable install maps only the focalops package: find benchmarks/ beside it.
+    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if os.path.isfile(os.path.join(checkout, "benchmarks", "__main__.py")) and checkout not in sys.path:
+        sys.path.insert(0, checkout)
     try:
         from benchmarks.__main__ import main as bench_main
     except ImportError:
