@@ -134,6 +134,7 @@ def train(args) -> dict:
         ops=args.ops,
         fpn_channels=args.fpn_channels,
         head_convs=args.head_convs,
+        anchor_sizes=args.anchor_sizes,
     )
     if args.backbone_weights:
         load_torchvision_weights(model.backbone, args.backbone_weights)
@@ -343,6 +344,16 @@ def bench(argv: List[str]) -> int:
 _DATA_DEFAULTS = {"image_size": 192, "max_size": None, "num_classes": 3, "max_objects": 5, "data_seed": 0}
 
 
+def _anchor_sizes(text: str) -> tuple:
+    try:
+        sizes = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        sizes = ()
+    if len(sizes) != 5 or not all(math.isfinite(v) and v > 0 for v in sizes):
+        raise argparse.ArgumentTypeError(f"expected five positive numbers (P3-P7), got {text!r}")
+    return tuple(int(v) if v.is_integer() else v for v in sizes)
+
+
 def _add_data_args(p: argparse.ArgumentParser, from_checkpoint: bool = False) -> None:
     d = (lambda key: None) if from_checkpoint else (lambda key: _DATA_DEFAULTS[key])
     note = " (default: as the checkpoint was trained)" if from_checkpoint else ""
@@ -417,6 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--backbone-weights", help="a local torchvision ResNet ImageNet state dict (.pth) to start from")
     g.add_argument("--fpn-channels", type=int, default=256, help="channels of the pyramid and heads. Default 256")
     g.add_argument("--head-convs", type=int, default=4, help="conv layers in each head. Default 4")
+    g.add_argument(
+        "--anchor-sizes",
+        type=_anchor_sizes,
+        default=(32, 64, 128, 256, 512),
+        help="base anchor size (pixels) of P3-P7, five comma-separated numbers; match them to the object "
+        "sizes (e.g. 16,32,64,128,256 for 128 px shapes images). Default 32,64,128,256,512 (the paper's, "
+        "for 800 px images)",
+    )
     g.add_argument(
         "--ops",
         choices=["focalops", "reference"],

@@ -47,16 +47,20 @@ def test_help_documents_every_flag(capsys):
 
 def test_train_eval_predict_resume_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    assert cli.main(["train", *TINY, "--iters", "3", "--eval", "--out", str(out), "--checkpoint-every", "2"]) == 0
+    sizes = ["--anchor-sizes", "8,16,32,64,128"]
+    first = ["train", *TINY, *sizes, "--iters", "3", "--eval", "--out", str(out), "--checkpoint-every", "2"]
+    assert cli.main(first) == 0
     ckpt = torch.load(out / "last.pth", weights_only=False)
     assert ckpt["iteration"] == 3 and ckpt["classes"] == ["rectangle", "ellipse", "triangle"]
+    # eval and predict rebuild the model from the checkpoint's config, anchors included.
+    assert ckpt["config"]["anchor_sizes"] == (8, 16, 32, 64, 128)
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in log] == [1, 2, 3]
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == {"AP", "AP50", "AP75"} and all(0 <= v <= 1 for v in metrics.values())
 
     # Resume continues the iteration count, the schedule and the optimiser state.
-    assert cli.main(["train", *TINY, "--iters", "5", "--out", str(out), "--resume", str(out / "last.pth")]) == 0
+    assert cli.main(["train", *TINY, *sizes, "--iters", "5", "--out", str(out), "--resume", str(out / "last.pth")]) == 0
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in log] == [1, 2, 3, 4, 5]
     assert torch.load(out / "last.pth", weights_only=False)["iteration"] == 5
@@ -105,6 +109,13 @@ def test_train_eval_predict_resume_end_to_end(tmp_path, capsys):
     with Image.open(png) as im:
         assert im.size == (200, 100)
     assert all(0 <= r["box"][0] <= r["box"][2] <= 200 and 0 <= r["box"][1] <= r["box"][3] <= 100 for r in results)
+
+
+@pytest.mark.parametrize("value", ["16,32,64,128", "16,32,64,128,0", "a,b,c,d,e"])
+def test_bad_anchor_sizes(value, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["train", *TINY, "--anchor-sizes", value])
+    assert exc.value.code == 2 and "five positive numbers" in capsys.readouterr().err
 
 
 def test_amp_flag_trains(tmp_path):

@@ -316,3 +316,32 @@ def test_short_training_run_learns_the_shapes_set():
     assert last < 0.35 * first, history
     assert before["AP50"] < 0.05
     assert after["AP50"] > 0.5 and after["AP"] > 0.25, after  # measured: 0.83 and 0.64
+
+
+def test_short_training_run_generalises_to_held_out_images():
+    """Held-out mAP after ~40 s on 2 CPU cores: fresh training images every step, one class,
+    larger shapes (the quick-start's anchor sizes and learning rate). The untrained model scores 0."""
+    from focalops.data import ShapesDataset, collate
+    from focalops.engine import coco_map, lr_factor
+
+    torch.manual_seed(0)
+    iters = 400
+    shapes = dict(image_size=128, num_classes=1, max_objects=3, min_size=0.3)
+    train = ShapesDataset(4 * iters, seed=0, **shapes)
+    held_out = ShapesDataset(50, seed=1, **shapes)
+    loader = torch.utils.data.DataLoader(
+        train, batch_size=4, shuffle=True, collate_fn=collate, generator=torch.Generator().manual_seed(0)
+    )
+    model = RetinaNet(1, "resnet18", fpn_channels=64, head_convs=2, anchor_sizes=(16, 32, 64, 128, 256))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, iters, 50, [0.8]))
+    for images, targets in loader:
+        loss = sum(model(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    held_out_loader = torch.utils.data.DataLoader(held_out, batch_size=10, collate_fn=collate)
+    after = coco_map(model, held_out_loader, 1, torch.device("cpu"), progress=False)
+    # Measured: AP50 0.18 (2 threads); 0.14-0.19 over seeds 0-1 and 1-2 threads with a similar warm-up.
+    assert after["AP50"] > 0.05, after
