@@ -87,7 +87,8 @@ def run(device: str, quick: bool) -> List[Dict]:
             _case(rows, 8, 120000, 100, device, quick)
             # peak extra memory does not grow with G: 200k anchors x 400 vs 4000 boxes
             _case(rows, 1, 200000, 400, device, quick)
-            _case(rows, 1, 200000, 4000, device, quick)
+            # The reference's Matcher at 200k x 4000 was OOM-killed on a 24 GiB machine.
+            _case(rows, 1, 200000, 4000, device, quick, with_reference=False)
     else:
         _case(rows, 16, 120000, 100, device, quick)
         _case(rows, 4, 120000, 1000, device, quick)
