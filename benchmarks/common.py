@@ -48,11 +48,21 @@ def measure(
     return {"ms": statistics.median(samples), "min_ms": min(samples), "samples": len(samples)}
 
 
-def peak_memory(fn: Callable[[], object], device: str) -> int:
-    """Peak extra memory (bytes) allocated by one fn() call.
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise KeyError(field)
 
-    CUDA: the caching allocator's peak. CPU: the running sum of the allocations and frees that
-    the profiler records for each op (allocations are placed at the op's start).
+
+def peak_memory(fn: Callable[[], object], device: str) -> Optional[int]:
+    """Peak extra memory (bytes) of one fn() call.
+
+    CUDA: the caching allocator's peak above what was allocated before. CPU (Linux): the
+    process's peak resident set (VmHWM, reset through /proc/self/clear_refs) above its resident
+    set before the call; memory freed earlier but still held by malloc is reused first, so this
+    is the extra memory the call needed. None where neither is available.
     """
     if device.startswith("cuda"):
         sync(device)
@@ -61,16 +71,14 @@ def peak_memory(fn: Callable[[], object], device: str) -> int:
         fn()
         sync(device)
         return torch.cuda.max_memory_allocated() - base
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    events = sorted(prof.events(), key=lambda e: e.time_range.start)
-    running = peak = 0
-    for e in events:
-        running += e.self_cpu_memory_usage
-        peak = max(peak, running)
-    return peak
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current VmRSS
+        base = _status_kib("VmRSS:")
+    except OSError:
+        return None
+    fn()
+    return max(0, _status_kib("VmHWM:") - base) * 1024
 
 
 _COPY_BW: Dict[str, float] = {}
