@@ -347,3 +347,28 @@ def test_short_training_run_generalises_to_held_out_images():
     after = coco_map(model, held_out_loader, 1, torch.device("cpu"), progress=False)
     # Measured: AP50 0.18 (2 threads); 0.14-0.19 over seeds 0-1 and 1-2 threads with a similar warm-up.
     assert after["AP50"] > 0.05, after
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_training_step_never_syncs_with_the_host():
+    torch.manual_seed(0)
+    model = _tiny().cuda()
+    images, targets = _batch()
+    images = torch.stack([torch.nn.functional.pad(im, (0, 128 - im.shape[2], 0, 128 - im.shape[1])) for im in images])
+    images = images.cuda()
+    sum(model(images, targets).values()).backward()  # warm-up: anchors cached, kernels loaded
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        losses = model(images, targets)  # targets on the CPU, as a data loader gives them
+        sum(losses.values()).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert all(torch.isfinite(v) for v in losses.values())
+    # Targets already on the GPU are checked by a device-side assert, also without a sync.
+    cuda_targets = [{k: v.cuda() for k, v in t.items()} for t in targets]
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        model(images, cuda_targets)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")

@@ -251,7 +251,7 @@ class RetinaNet(nn.Module):
                 )
             boxes.append(b.float())
             labels.append(lab.long())
-        counts = torch.tensor([b.shape[0] for b in boxes], dtype=torch.int64)
+        counts = torch.tensor([b.shape[0] for b in boxes], dtype=torch.int64)  # shapes: known on the host
         gt_boxes = (
             nn.utils.rnn.pad_sequence(boxes, batch_first=True)
             if counts.sum() > 0
@@ -262,13 +262,23 @@ class RetinaNet(nn.Module):
             if counts.sum() > 0
             else labels[0].new_zeros(num_images, 0)
         )
-        valid = torch.arange(gt_boxes.shape[1], device=gt_boxes.device) < counts.to(gt_boxes.device)[:, None]
+        valid = (
+            torch.arange(gt_boxes.shape[1], device=gt_boxes.device)
+            < counts.to(gt_boxes.device, non_blocking=True)[:, None]
+        )
         bad_label = ((gt_labels < 0) | (gt_labels >= self.num_classes)) & valid
         bad_box = (
             (gt_boxes[..., 2] < gt_boxes[..., 0]) | (gt_boxes[..., 3] < gt_boxes[..., 1]) | ~gt_boxes.isfinite().all(-1)
         ) & valid
         bad = (bad_label | bad_box).any(1)
-        if bad.any():
+        if bad.is_cuda:
+            # Targets already on the GPU: a device-side assert, so the step stays free of host syncs.
+            torch._assert_async(
+                ~bad.any(),
+                "RetinaNet: a target has a label outside [0, num_classes) or a box that is not finite with "
+                "x2 >= x1 and y2 >= y1 (pass CPU targets for a message naming the image)",
+            )
+        elif bad.any():
             i = int(bad.nonzero()[0, 0])
             if bad_label[i].any():
                 value = int(gt_labels[i][bad_label[i]][0])
@@ -277,7 +287,8 @@ class RetinaNet(nn.Module):
             raise ValueError(
                 f"RetinaNet: boxes of image {i} must be finite (x1, y1, x2, y2) with x2 >= x1 and y2 >= y1, got {box}"
             )
-        return gt_boxes.to(device), gt_labels.to(device), counts.to(device)
+        # non_blocking: a blocking host-to-device copy would synchronise the step with the host.
+        return tuple(t.to(device, non_blocking=True) for t in (gt_boxes, gt_labels, counts))
 
     # ---- forward ---------------------------------------------------------------------------
     def forward(self, images: Union[Tensor, List[Tensor]], targets: Optional[List[Dict[str, Tensor]]] = None):
