@@ -6,13 +6,12 @@ The messages mirror the C++ checks in csrc/checks/.
 import torch
 
 from focalops import _extension  # noqa: F401  (the ops must exist before fakes attach)
-
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+from focalops.ops import FLOATS
 
 
 def _check_focal_args(inputs, targets, alpha, gamma):
     torch._check(
-        inputs.dtype in _FLOATS,
+        inputs.dtype in FLOATS,
         lambda: f"sigmoid_focal_loss: inputs must be float32, float64, float16 or bfloat16, got {inputs.dtype}",
     )
     torch._check(gamma >= 0, lambda: f"sigmoid_focal_loss: gamma must be >= 0, got {gamma}")
@@ -65,7 +64,7 @@ def _sigmoid_focal_loss_backward_fake(grad, inputs, targets, alpha, gamma, ignor
 
 def _check_box_dtype(op, name, t):
     torch._check(
-        t.dtype in _FLOATS,
+        t.dtype in FLOATS,
         lambda: f"{op}: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}",
     )
 
@@ -117,15 +116,9 @@ def _decode_boxes_backward_fake(grad, deltas, anchors, weights, clamp):
 
 @torch.library.register_fake("focalops::assign")
 def _assign_fake(anchors, gt_boxes, gt_counts, fg_iou, bg_iou, allow_low_quality):
-    torch._check(
-        anchors.dtype == torch.float32, lambda: f"assign: anchors must be float32, got {anchors.dtype}"
-    )
-    torch._check(
-        gt_boxes.dtype == torch.float32, lambda: f"assign: gt_boxes must be float32, got {gt_boxes.dtype}"
-    )
-    torch._check(
-        gt_counts.dtype == torch.int64, lambda: f"assign: gt_counts must be int64, got {gt_counts.dtype}"
-    )
+    torch._check(anchors.dtype == torch.float32, lambda: f"assign: anchors must be float32, got {anchors.dtype}")
+    torch._check(gt_boxes.dtype == torch.float32, lambda: f"assign: gt_boxes must be float32, got {gt_boxes.dtype}")
+    torch._check(gt_counts.dtype == torch.int64, lambda: f"assign: gt_counts must be int64, got {gt_counts.dtype}")
     torch._check(
         anchors.dim() == 2 and anchors.shape[1] == 4,
         lambda: f"assign: anchors must be [A, 4], got {anchors.shape}",
@@ -134,9 +127,7 @@ def _assign_fake(anchors, gt_boxes, gt_counts, fg_iou, bg_iou, allow_low_quality
         gt_boxes.dim() == 3 and gt_boxes.shape[2] == 4,
         lambda: f"assign: gt_boxes must be [B, G, 4], got {gt_boxes.shape}",
     )
-    torch._check(
-        bg_iou <= fg_iou, lambda: f"assign: need bg_iou <= fg_iou, got fg_iou={fg_iou} and bg_iou={bg_iou}"
-    )
+    torch._check(bg_iou <= fg_iou, lambda: f"assign: need bg_iou <= fg_iou, got fg_iou={fg_iou} and bg_iou={bg_iou}")
     return anchors.new_empty((gt_boxes.shape[0], anchors.shape[0]), dtype=torch.int64)
 
 
@@ -147,12 +138,8 @@ def _retinanet_targets_fake(matched, gt_boxes, gt_labels, anchors, weights):
         lambda: "retinanet_targets: matched must be int64 [B, A]",
     )
     _check_box_dtype("retinanet_targets", "gt_boxes", gt_boxes)
-    torch._check(
-        anchors.dtype == gt_boxes.dtype, lambda: "retinanet_targets: anchors must have the dtype of gt_boxes"
-    )
-    torch._check(
-        len(weights) == 4, lambda: f"retinanet_targets: weights must have 4 entries, got {len(weights)}"
-    )
+    torch._check(anchors.dtype == gt_boxes.dtype, lambda: "retinanet_targets: anchors must have the dtype of gt_boxes")
+    torch._check(len(weights) == 4, lambda: f"retinanet_targets: weights must have 4 entries, got {len(weights)}")
     B, A = matched.shape
     return (
         matched.new_empty((B, A)),
@@ -169,8 +156,8 @@ def _check_nms_args(op, boxes, scores, iou_threshold):
         scores.dim() == 1 and scores.shape[0] == boxes.shape[0],
         lambda: f"{op}: scores must be [N] with N = {boxes.shape[0]}, got {list(scores.shape)}",
     )
-    torch._check(boxes.dtype in _FLOATS, lambda: f"{op}: boxes must be floating, got {boxes.dtype}")
-    torch._check(scores.dtype in _FLOATS, lambda: f"{op}: scores must be floating, got {scores.dtype}")
+    torch._check(boxes.dtype in FLOATS, lambda: f"{op}: boxes must be floating, got {boxes.dtype}")
+    torch._check(scores.dtype in FLOATS, lambda: f"{op}: scores must be floating, got {scores.dtype}")
     torch._check(iou_threshold >= 0, lambda: f"{op}: iou_threshold must be >= 0, got {iou_threshold}")
 
 
@@ -205,7 +192,7 @@ def _postprocess_fake(
         cls_logits.dim() == 3, lambda: f"postprocess: cls_logits must be [B, A, K], got {list(cls_logits.shape)}"
     )
     torch._check(
-        cls_logits.dtype in _FLOATS, lambda: f"postprocess: cls_logits must be floating, got {cls_logits.dtype}"
+        cls_logits.dtype in FLOATS, lambda: f"postprocess: cls_logits must be floating, got {cls_logits.dtype}"
     )
     b, a, _ = cls_logits.shape
     mt = torch.float64 if cls_logits.dtype == torch.float64 else torch.float32

@@ -46,14 +46,12 @@ class AnchorGenerator:
     ):
         if len(sizes) != len(strides):
             raise ValueError(
-                "AnchorGenerator: sizes and strides must have one entry per level, "
-                f"got {len(sizes)} and {len(strides)}"
+                f"AnchorGenerator: sizes and strides must have one entry per level, got {len(sizes)} and {len(strides)}"
             )
         for name, values in (("sizes", sizes), ("strides", strides), ("ratios", ratios), ("scales", scales)):
             if len(values) == 0 or not all(v > 0 for v in values):
                 raise ValueError(
-                    f"AnchorGenerator: {name} must be a non-empty sequence of positive numbers, "
-                    f"got {tuple(values)}"
+                    f"AnchorGenerator: {name} must be a non-empty sequence of positive numbers, got {tuple(values)}"
                 )
         self.sizes = tuple(sizes)
         self.strides = tuple(int(s) for s in strides)

@@ -7,7 +7,8 @@ import torch
 from torch import Tensor
 
 from focalops import _extension  # noqa: F401  (registers torch.ops.focalops)
-from focalops.ops.boxes import _FLOATS, _check_weights
+from focalops.ops import FLOATS
+from focalops.ops.boxes import _check_weights
 
 
 def assign(
@@ -58,7 +59,7 @@ def assign(
         if not isinstance(t, Tensor):
             raise TypeError(f"assign: {name} must be a Tensor, got {type(t).__name__}")
     for name, t in (("anchors", anchors), ("gt_boxes", gt_boxes)):
-        if t.dtype not in _FLOATS:
+        if t.dtype not in FLOATS:
             raise TypeError(f"assign: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
     if gt_counts.dtype.is_floating_point or gt_counts.dtype.is_complex or gt_counts.dtype == torch.bool:
         raise TypeError(f"assign: gt_counts must be an integer tensor, got {gt_counts.dtype}")
@@ -67,9 +68,7 @@ def assign(
     if gt_boxes.dim() != 3 or gt_boxes.shape[2] != 4:
         raise ValueError(f"assign: gt_boxes must have shape [B, G, 4], got {list(gt_boxes.shape)}")
     if gt_counts.shape != gt_boxes.shape[:1]:
-        raise ValueError(
-            f"assign: gt_counts must have shape [B] = [{gt_boxes.shape[0]}], got {list(gt_counts.shape)}"
-        )
+        raise ValueError(f"assign: gt_counts must have shape [B] = [{gt_boxes.shape[0]}], got {list(gt_counts.shape)}")
     if not (anchors.device == gt_boxes.device == gt_counts.device):
         raise ValueError(
             f"assign: anchors, gt_boxes and gt_counts must be on one device, got {anchors.device}, "
@@ -129,17 +128,13 @@ def retinanet_targets(
     if gt_labels.dtype.is_floating_point or gt_labels.dtype.is_complex or gt_labels.dtype == torch.bool:
         raise TypeError(f"retinanet_targets: gt_labels must be an integer tensor, got {gt_labels.dtype}")
     for name, t in (("gt_boxes", gt_boxes), ("anchors", anchors)):
-        if t.dtype not in _FLOATS:
-            raise TypeError(
-                f"retinanet_targets: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}"
-            )
+        if t.dtype not in FLOATS:
+            raise TypeError(f"retinanet_targets: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
     if matched.dim() != 2:
         raise ValueError(f"retinanet_targets: matched must have shape [B, A], got {list(matched.shape)}")
     B, A = matched.shape
     if anchors.shape != (A, 4):
-        raise ValueError(
-            f"retinanet_targets: anchors must have shape [A, 4] = [{A}, 4], got {list(anchors.shape)}"
-        )
+        raise ValueError(f"retinanet_targets: anchors must have shape [A, 4] = [{A}, 4], got {list(anchors.shape)}")
     if gt_boxes.dim() != 3 or gt_boxes.shape[0] != B or gt_boxes.shape[2] != 4:
         raise ValueError(
             f"retinanet_targets: gt_boxes must have shape [B, G, 4] with B = {B}, got {list(gt_boxes.shape)}"

@@ -8,8 +8,8 @@ import torch
 from torch import Tensor
 
 from focalops import _extension  # noqa: F401  (registers torch.ops.focalops)
+from focalops.ops import FLOATS
 
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _DEFAULT_CLAMP = math.log(1000.0 / 16)
 
 
@@ -22,9 +22,7 @@ def _decode_setup_context(ctx, inputs, output):
 def _decode_backward(ctx, grad):
     deltas, anchors = ctx.saved_tensors
     weights, clamp = ctx.args
-    grad_deltas = torch.ops.focalops._decode_boxes_backward(
-        grad.contiguous(), deltas, anchors, weights, clamp
-    )
+    grad_deltas = torch.ops.focalops._decode_boxes_backward(grad.contiguous(), deltas, anchors, weights, clamp)
     return grad_deltas, None, None, None
 
 
@@ -32,9 +30,7 @@ def _no_double_backward(ctx, grad):
     raise RuntimeError("decode_boxes: double backward (gradient of the gradient) is not supported")
 
 
-torch.library.register_autograd(
-    "focalops::decode_boxes", _decode_backward, setup_context=_decode_setup_context
-)
+torch.library.register_autograd("focalops::decode_boxes", _decode_backward, setup_context=_decode_setup_context)
 torch.library.register_autograd(
     "focalops::_decode_boxes_backward", _no_double_backward, setup_context=lambda ctx, inputs, output: None
 )
@@ -43,7 +39,7 @@ torch.library.register_autograd(
 def _check_boxes(name: str, op: str, t, dims=None) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
-    if t.dtype not in _FLOATS:
+    if t.dtype not in FLOATS:
         raise TypeError(f"{op}: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
     if t.dim() == 0 or t.shape[-1] != 4 or (dims is not None and t.dim() != dims):
         shape = "[N, 4]" if dims == 2 else "[..., 4]"
@@ -52,9 +48,7 @@ def _check_boxes(name: str, op: str, t, dims=None) -> None:
 
 def _check_weights(op: str, weights) -> Tuple[float, float, float, float]:
     if len(weights) != 4 or not all(isinstance(w, Real) and w > 0 and math.isfinite(w) for w in weights):
-        raise ValueError(
-            f"{op}: weights must be 4 positive finite numbers (wx, wy, ww, wh), got {tuple(weights)}"
-        )
+        raise ValueError(f"{op}: weights must be 4 positive finite numbers (wx, wy, ww, wh), got {tuple(weights)}")
     return tuple(float(w) for w in weights)
 
 
@@ -63,15 +57,11 @@ def _broadcast_pair(op: str, a: Tensor, b: Tensor, names: Tuple[str, str]) -> Tu
     when b's shape is a suffix of the broadcast shape (the usual deltas [B, A, 4] with anchors
     [A, 4]): then nothing is copied. Otherwise both are expanded to the broadcast shape."""
     if a.device != b.device:
-        raise ValueError(
-            f"{op}: {names[0]} and {names[1]} must be on the same device, got {a.device} and {b.device}"
-        )
+        raise ValueError(f"{op}: {names[0]} and {names[1]} must be on the same device, got {a.device} and {b.device}")
     try:
         shape = torch.broadcast_shapes(a.shape, b.shape)
     except RuntimeError:
-        raise ValueError(
-            f"{op}: {names[0]} {list(a.shape)} and {names[1]} {list(b.shape)} do not broadcast"
-        ) from None
+        raise ValueError(f"{op}: {names[0]} {list(a.shape)} and {names[1]} {list(b.shape)} do not broadcast") from None
     dtype = torch.promote_types(a.dtype, b.dtype)
     a, b = a.to(dtype), b.to(dtype)
     if a.shape != shape:
@@ -173,8 +163,6 @@ def decode_boxes(
     if not isinstance(clamp, Real):
         raise ValueError(f"decode_boxes: clamp must be a number, got {clamp!r}")
     if anchors.requires_grad:
-        raise ValueError(
-            "decode_boxes: anchors.requires_grad is set; the gradient for anchors is not supported"
-        )
+        raise ValueError("decode_boxes: anchors.requires_grad is set; the gradient for anchors is not supported")
     deltas, anchor_rows = _broadcast_pair("decode_boxes", deltas, anchors, ("deltas", "anchors"))
     return torch.ops.focalops.decode_boxes(deltas, anchor_rows, list(w), float(clamp))

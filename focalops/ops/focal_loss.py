@@ -8,9 +8,9 @@ import torch
 from torch import Tensor, nn
 
 from focalops import _extension  # noqa: F401  (registers torch.ops.focalops)
+from focalops.ops import FLOATS
 
 _REDUCTIONS = ("none", "mean", "sum")
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 
 def _setup_context(ctx, inputs, output):
@@ -94,7 +94,7 @@ def sigmoid_focal_loss(
         raise TypeError(f"sigmoid_focal_loss: inputs must be a Tensor, got {type(inputs).__name__}")
     if not isinstance(targets, Tensor):
         raise TypeError(f"sigmoid_focal_loss: targets must be a Tensor, got {type(targets).__name__}")
-    if inputs.dtype not in _FLOATS:
+    if inputs.dtype not in FLOATS:
         raise TypeError(f"sigmoid_focal_loss: inputs must be float32, float64, float16 or bfloat16, got {inputs.dtype}")
     if reduction not in _REDUCTIONS:
         raise ValueError(f"sigmoid_focal_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")

@@ -8,14 +8,13 @@ import torch
 from torch import Tensor
 
 from focalops import _extension  # noqa: F401  (registers torch.ops.focalops)
-
-_FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+from focalops.ops import FLOATS
 
 
 def _check_tensor(op: str, name: str, t, floating: bool = True) -> None:
     if not isinstance(t, Tensor):
         raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
-    if floating and t.dtype not in _FLOATS:
+    if floating and t.dtype not in FLOATS:
         raise TypeError(f"{op}: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
 
 
