@@ -1,8 +1,13 @@
-"""Build focalops: CPU kernels always, CUDA kernels when torch has CUDA and nvcc is found.
+"""Build focalops: CPU kernels always, CUDA kernels when torch has CUDA and a CUDA toolkit is found.
+
+The CPU kernels in csrc/cpu/kernels/ are compiled once per capability (default, avx2, avx512;
+default only off x86-64) and one set is chosen when the library loads (csrc/cpu/kernels.h).
 
 Environment:
   FOCALOPS_CUDA=0/1      force the CUDA kernels off / on (default: on when torch.version.cuda
-                         is set and CUDA_HOME points at a toolkit; a visible GPU is not needed)
+                         is set and a CUDA toolkit is found; a visible GPU is not needed)
+  CUDA_HOME              the CUDA toolkit (default: the first of torch's guess, the folder of
+                         `nvcc`, /usr/local/cuda, /usr/local/cuda-* that has nvcc and libcudart)
   TORCH_CUDA_ARCH_LIST   GPU architectures; defaults to "8.0;9.0" when no GPU is visible
   MAX_JOBS               parallel compile jobs (ninja)
   DEBUG=1                -O0 -g instead of -O3
@@ -10,13 +15,42 @@ Environment:
 
 import glob
 import os
+import platform
+import shutil
 import sys
 
-import torch
+try:
+    import torch
+except ImportError:  # an isolated build environment has no torch: never let pip fetch one
+    sys.exit(
+        "focalops: torch is not importable in this build environment. Install torch first, then build "
+        "against it with: pip install --no-build-isolation ."
+    )
+
+import torch.utils.cpp_extension as cpp_extension
 from setuptools import find_packages, setup
-from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+
+# Per-ISA builds of csrc/cpu/kernels/*.cpp (ATen's CPU_CAPABILITY macros select at::vec).
+CAPABILITY_FLAGS = {
+    "default": ["-DCPU_CAPABILITY=DEFAULT", "-DCPU_CAPABILITY_DEFAULT"],
+    "avx2": ["-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2", "-mavx2", "-mfma", "-mf16c"],
+    "avx512": [
+        "-DCPU_CAPABILITY=AVX512",
+        "-DCPU_CAPABILITY_AVX512",
+        "-mavx512f",
+        "-mavx512bw",
+        "-mavx512vl",
+        "-mavx512dq",
+        "-mfma",
+        "-mf16c",
+    ],
+}
+
+
+QUIET_HEADER_WARNINGS = ["-Wno-unknown-pragmas", "-Wno-maybe-uninitialized"]
 
 
 def _flag(name: str):
@@ -24,22 +58,94 @@ def _flag(name: str):
     return None if value is None else value not in ("0", "", "false", "False", "no")
 
 
-def _want_cuda() -> bool:
+def _capabilities():
+    x86 = platform.machine().lower() in ("x86_64", "amd64") and not sys.platform.startswith("win")
+    return ["default", "avx2", "avx512"] if x86 else ["default"]
+
+
+def _is_cuda_toolkit(path) -> bool:
+    if not path or not os.path.isfile(os.path.join(path, "bin", "nvcc")):
+        return False
+    return any(glob.glob(os.path.join(path, lib, "libcudart.so*")) for lib in ("lib64", "lib"))
+
+
+def _cuda_home():
+    """The CUDA toolkit to build with: nvcc and libcudart side by side (torch's own guess can be a
+    folder that holds only an nvcc wrapper, e.g. /usr/local from /usr/local/bin/nvcc)."""
+    explicit = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
+    if explicit:
+        return explicit if os.path.isdir(explicit) else None
+    nvcc = shutil.which("nvcc")
+    candidates = [cpp_extension.CUDA_HOME]
+    if nvcc:
+        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
+    candidates += ["/usr/local/cuda", *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
+    return next((c for c in candidates if _is_cuda_toolkit(c)), None)
+
+
+def _pip_cuda_includes():
+    """Header folders of torch's pip CUDA wheels (nvidia/*/include: cuSPARSE, cuBLAS, ...), which a
+    minimal toolkit lacks. They are searched after the toolkit's own headers."""
+    site = os.path.dirname(os.path.dirname(torch.__file__))
+    return sorted(glob.glob(os.path.join(site, "nvidia", "*", "include")))
+
+
+def _limited_api():
+    """(C macro value, wheel tag). Recent torch defines Py_LIMITED_API itself for py_limited_api
+    extensions (cpp_extension.min_supported_cpython); we follow it so that macro and tag agree."""
+    version = getattr(cpp_extension, "min_supported_cpython", None)
+    if version is None:
+        return "0x03090000", "cp39", True
+    minor = int(version[4:6], 16)
+    return version, f"cp3{minor}", False
+
+
+def _want_cuda(cuda_home) -> bool:
     forced = _flag("FOCALOPS_CUDA")
-    available = torch.version.cuda is not None and CUDA_HOME is not None
+    available = torch.version.cuda is not None and cuda_home is not None
     if forced is True and not available:
         raise RuntimeError(
-            "FOCALOPS_CUDA=1 but torch has no CUDA (torch.version.cuda is None) or nvcc was not found (set CUDA_HOME)."
+            "FOCALOPS_CUDA=1 but torch has no CUDA (torch.version.cuda is None) or no CUDA toolkit was found "
+            "(set CUDA_HOME to a folder with bin/nvcc and lib64/libcudart.so)."
         )
     return available if forced is None else forced
 
 
+class BuildWithCpuKernels(BuildExtension):
+    """Compiles csrc/cpu/kernels/*.cpp once per capability and links every copy into the extension.
+
+    The default copy is linked first, so inline functions that several copies emit resolve to
+    baseline code (an AVX-512 copy of a shared inline function must never run on an AVX2 CPU)."""
+
+    def build_extension(self, ext):
+        sources = sorted(glob.glob(os.path.join("csrc", "cpu", "kernels", "*.cpp")))
+        base = ext.extra_compile_args["cxx"] if isinstance(ext.extra_compile_args, dict) else ext.extra_compile_args
+        objects = []
+        for cap in _capabilities():
+            objects += self.compiler.compile(
+                sources,
+                output_dir=os.path.join(self.build_temp, "cpu_" + cap),
+                include_dirs=ext.include_dirs,
+                # at::vec's headers trip these two under GCC 12 (unknown `#pragma unroll`, a false
+                # maybe-uninitialized inside avx512fintrin.h): silence them for these files only.
+                extra_postargs={"cxx": base + CAPABILITY_FLAGS[cap] + QUIET_HEADER_WARNINGS},
+                depends=sorted(glob.glob(os.path.join("csrc", "**", "*.h"), recursive=True)),
+            )
+        ext.extra_objects = objects + list(ext.extra_objects or [])
+        super().build_extension(ext)
+
+
 def _extension():
     debug = bool(_flag("DEBUG"))
-    with_cuda = _want_cuda()
+    cuda_home = _cuda_home()
+    with_cuda = _want_cuda(cuda_home)
+    limited_api, _, define_limited_api = _limited_api()
     opt = ["-O0", "-g"] if debug else ["-O3"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cxx = opt + ["-DPy_LIMITED_API=0x03090000"]  # the C++ standard is torch's default
+    # No FMA contraction: every CPU ISA and CUDA round IoU and the focal loss identically.
+    cxx = opt + ["-ffp-contract=off"]  # the C++ standard is torch's default
+    if define_limited_api:
+        cxx.append(f"-DPy_LIMITED_API={limited_api}")
     # at::parallel_for is inlined into our kernels: with torch's OpenMP backend it is an
     # `omp parallel` region that runs serially unless we compile with OpenMP too.
     openmp = torch._C.has_openmp and sys.platform.startswith("linux")
@@ -52,22 +158,28 @@ def _extension():
         extra_link_args=link,
     )
     if with_cuda:
+        os.environ["CUDA_HOME"] = cuda_home
+        cpp_extension.CUDA_HOME = cuda_home  # read by CUDAExtension and BuildExtension
         if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
             os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
             print("focalops: no GPU visible, TORCH_CUDA_ARCH_LIST defaults to 8.0;9.0")
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         nvcc = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
+        for inc in _pip_cuda_includes():
+            cxx += ["-idirafter", inc]
+            nvcc += ["-Xcompiler", "-idirafter," + inc]
         ext = CUDAExtension(sources=sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **kwargs)
     else:
         ext = CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kwargs)
     print(
-        "focalops build: torch {} | cuda kernels: {} (torch.version.cuda={}, CUDA_HOME={}) | "
-        "arch list: {} | {} | OpenMP: {} | MAX_JOBS={}".format(
+        "focalops build: torch {} | cuda kernels: {} (torch.version.cuda={}, CUDA_HOME={}) | arch list: {} | "
+        "cpu capabilities: {} | {} | OpenMP: {} | MAX_JOBS={}".format(
             torch.__version__,
             "on" if with_cuda else "off",
             torch.version.cuda,
-            CUDA_HOME,
+            cuda_home,
             os.environ.get("TORCH_CUDA_ARCH_LIST", "-") if with_cuda else "-",
+            ",".join(_capabilities()),
             "debug" if debug else "release",
             "on" if openmp else "off",
             os.environ.get("MAX_JOBS", "auto"),
@@ -82,9 +194,9 @@ setup(
     description="Fast fused ops for dense one-stage detectors (RetinaNet): focal loss, anchors, NMS.",
     packages=find_packages(include=["focalops", "focalops.*"]),
     ext_modules=[_extension()],
-    cmdclass={"build_ext": BuildExtension.with_options(no_python_abi_suffix=True)},
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
-    python_requires=">=3.9",
+    cmdclass={"build_ext": BuildWithCpuKernels.with_options(no_python_abi_suffix=True)},
+    options={"bdist_wheel": {"py_limited_api": _limited_api()[1]}},
+    python_requires=f">=3.{_limited_api()[1][3:]}",
     install_requires=["torch>=2.4"],
     entry_points={"console_scripts": ["focalops=focalops.cli:main"]},
 )

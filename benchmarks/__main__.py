@@ -4,11 +4,13 @@ import argparse
 import importlib
 import json
 import os
+import subprocess
 import sys
 import time
 
 import torch
 
+import focalops
 from benchmarks import common
 
 # Every benchmark module, in the order they run.
@@ -71,7 +73,18 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (cpu, plus cuda when present)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a smoke run)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"), help="output folder")
+    parser.add_argument(
+        "--cpu-capability",
+        choices=["default", "avx2", "avx512"],
+        help="time this CPU build of focalops (and of torch) instead of the CPU's best (ATEN_CPU_CAPABILITY; "
+        "never above what the CPU has); results get the suffix -<capability>",
+    )
     args = parser.parse_args(argv)
+    if args.cpu_capability and os.environ.get("ATEN_CPU_CAPABILITY") != args.cpu_capability:
+        # Both libraries choose their kernels when they load: run again in a fresh process.
+        env = {**os.environ, "ATEN_CPU_CAPABILITY": args.cpu_capability}
+        args_again = argv if argv is not None else sys.argv[1:]
+        return subprocess.call([sys.executable, "-m", "benchmarks", *args_again], env=env)
 
     devices = ["cpu", "cuda"] if args.device == "auto" else args.device.split(",")
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
@@ -95,11 +108,15 @@ def main(argv=None) -> int:
             "torch": torch.__version__,
             "cuda": torch.version.cuda,
             "threads": torch.get_num_threads(),
+            "cpu_model": common.cpu_model(),
+            "cpu_capability": focalops.cpu_capability(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "cpu_flags": common.cpu_vector_flags(),
             "copy_gbps": common.copy_bandwidth_gbps(device),
             "quick": args.quick,
             "date": time.strftime("%Y-%m-%d %H:%M"),
         }
-        suffix = "-quick" if args.quick else ""
+        suffix = ("-quick" if args.quick else "") + (f"-{args.cpu_capability}" if args.cpu_capability else "")
         json_path = os.path.join(args.out, f"{tag}{suffix}.json")
         with open(json_path, "w") as f:
             json.dump({"meta": meta, "rows": rows}, f, indent=1)

@@ -12,6 +12,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+import focalops
+
 
 def sync(device: str) -> None:
     if device.startswith("cuda"):
@@ -96,16 +98,29 @@ def copy_bandwidth_gbps(device: str) -> Optional[float]:
     return _COPY_BW[device]
 
 
+def _cpuinfo(field: str) -> Optional[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.split(":", 1)[0].strip() == field)
+    except (OSError, StopIteration):
+        return None
+
+
+def cpu_model() -> str:
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
+
+
+def cpu_vector_flags() -> List[str]:
+    """The CPU's vector ISA flags (what decides which focalops / ATen CPU build can run)."""
+    flags = (_cpuinfo("flags") or _cpuinfo("Features") or "").split()
+    wanted = ("sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512dq", "asimd", "sve")
+    return [f for f in wanted if f in flags]
+
+
 def device_name(device: str) -> str:
     if device.startswith("cuda"):
         return torch.cuda.get_device_name(torch.device(device))
-    name = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"{name} CPU ({torch.get_num_threads()} threads)"
+    return f"{cpu_model()} CPU ({torch.get_num_threads()} threads, focalops {focalops.cpu_capability()})"
 
 
 def row(

@@ -3,12 +3,24 @@
 #include <Python.h>
 #include <torch/library.h>
 
-// `import focalops._C` loads this library and runs the registrations below. The module itself is
-// empty: every op is reached through torch.ops.focalops (which keeps torch.compile and opcheck
-// working and lets the extension use the limited Python API).
+#include "cpu/kernels.h"
+
+// `import focalops._C` loads this library and runs the registrations below. Every op is reached
+// through torch.ops.focalops (which keeps torch.compile and opcheck working and lets the
+// extension use the limited Python API); the module itself only names the CPU capability.
+namespace {
+PyObject* cpu_capability(PyObject*, PyObject*) {
+  return PyUnicode_FromString(focalops::cpu::capability_name(focalops::cpu::capability()));
+}
+PyMethodDef methods[] = {
+    {"cpu_capability", cpu_capability, METH_NOARGS, "The CPU kernels in use: 'default', 'avx2' or 'avx512'."},
+    {nullptr, nullptr, 0, nullptr}};
+}  // namespace
+
 extern "C" {
 PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  focalops::cpu::capability();  // chosen once, when the library loads
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }
 }

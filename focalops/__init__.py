@@ -1,7 +1,7 @@
 """focalops: fast fused ops for dense one-stage detectors (RetinaNet)."""
 
 from focalops import _meta  # noqa: F401  (fake kernels for torch.compile / opcheck)
-from focalops._extension import has_cuda_kernels
+from focalops._extension import cpu_capability, has_cuda_kernels
 from focalops.ops.anchors import AnchorGenerator
 from focalops.ops.assign import assign, retinanet_targets
 from focalops.ops.boxes import box_iou, decode_boxes, encode_boxes
@@ -14,6 +14,7 @@ __all__ = [
     "SigmoidFocalLoss",
     "sigmoid_focal_loss",
     "has_cuda_kernels",
+    "cpu_capability",
     "AnchorGenerator",
     "box_iou",
     "encode_boxes",

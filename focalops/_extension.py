@@ -15,3 +15,13 @@ except ImportError as exc:  # pragma: no cover - exercised only on a broken inst
 def has_cuda_kernels() -> bool:
     """True if the library was built with its CUDA kernels."""
     return torch._C._dispatch_has_kernel_for_dispatch_key("focalops::sigmoid_focal_loss", "CUDA")
+
+
+def cpu_capability() -> str:
+    """The CPU kernels in use: ``"default"``, ``"avx2"`` or ``"avx512"``.
+
+    Chosen once, when the library loads: the best build this CPU runs, as ATen chooses its own
+    (``ATEN_CPU_CAPABILITY=default|avx2|avx512`` lowers it; a capability the CPU lacks is never
+    chosen). Off x86-64 only ``"default"`` is built (at::vec maps it to NEON/SVE on ARM).
+    """
+    return _C.cpu_capability()

@@ -2,11 +2,11 @@
 //
 // The A x G IoU matrix is never stored. Anchors are staged as float columns, then
 //   pass 1: best IoU of every box: each thread takes a fixed slice of the anchors and keeps a
-//           partial max per box (in kLanes independent lanes, so the loop vectorises); the
-//           partials are combined after (max is order-free, so any thread count gives the
-//           same bits);
+//           partial max per box; the partials are combined after (max is order-free, so any
+//           thread count gives the same bits);
 //   pass 2: per tile of anchors, a loop over the boxes keeps each anchor's best box (first
 //           index wins ties), and whether it ties some box's best IoU (low-quality match).
+// The loops over anchors are the vectorised kernels of cpu/kernels/assign.cpp.
 // Extra memory: O(A + threads * B * G) floats.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -17,57 +17,13 @@
 #include <vector>
 
 #include "checks/boxes.h"
+#include "cpu/kernels.h"
 #include "math/box.h"
-#include "cpu/vectorize.h"
 
 namespace focalops {
 namespace {
 
-constexpr int kLanes = 16;
 constexpr int64_t kTile = 512;
-
-struct Columns {
-  const float* x1;
-  const float* y1;
-  const float* x2;
-  const float* y2;
-};
-
-// Max over anchors [begin, end) of IoU(anchor, box); 0 when the range is empty.
-FO_CPU_CLONES float max_iou(Columns c, int64_t begin, int64_t end, const float* box) {
-  float lane[kLanes] = {0.f};
-  int64_t i = begin;
-  for (; i + kLanes <= end; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const float a[4] = {c.x1[i + j], c.y1[i + j], c.x2[i + j], c.y2[i + j]};
-      const float v = math::iou(a, box);
-      lane[j] = v > lane[j] ? v : lane[j];
-    }
-  }
-  for (; i < end; ++i) {
-    const float a[4] = {c.x1[i], c.y1[i], c.x2[i], c.y2[i]};
-    const float v = math::iou(a, box);
-    lane[0] = v > lane[0] ? v : lane[0];
-  }
-  float m = 0.f;
-  for (int j = 0; j < kLanes; ++j) m = lane[j] > m ? lane[j] : m;
-  return m;
-}
-
-// One box against n anchors from `begin`: update best value / index and the low-quality flag.
-FO_CPU_CLONES void match_box(Columns c, int64_t begin, int64_t n, const float* box, int32_t g, float box_best,
-                             float* best_val, int32_t* best_idx, int32_t* low_quality) {
-  const int32_t can_tie = box_best > 0.f;
-  for (int64_t j = 0; j < n; ++j) {
-    const int64_t i = begin + j;
-    const float a[4] = {c.x1[i], c.y1[i], c.x2[i], c.y2[i]};
-    const float v = math::iou(a, box);
-    const bool better = v > best_val[j];
-    best_val[j] = better ? v : best_val[j];
-    best_idx[j] = better ? g : best_idx[j];
-    low_quality[j] |= static_cast<int32_t>(v == box_best) & can_tie;
-  }
-}
 
 void check_finite_boxes(const float* p, int64_t n, const char* what) {
   std::atomic<bool> bad{false};
@@ -106,11 +62,12 @@ at::Tensor assign_cpu(const at::Tensor& anchors_, const at::Tensor& gt_boxes_, c
         for (int k = 0; k < 4; ++k) cols[k * A + i] = p[4 * i + k];
     });
   }
-  const Columns c{cols.data(), cols.data() + A, cols.data() + 2 * A, cols.data() + 3 * A};
+  const cpu::Columns c{cols.data(), cols.data() + A, cols.data() + 2 * A, cols.data() + 3 * A};
 
   // Pass 1: best IoU of every valid box.
   const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), A / 1024));
   std::vector<float> partial(slices * B * G, 0.f);
+  const cpu::MaxIouFn max_iou = cpu::max_iou_stub.get();
   at::parallel_for(0, slices, 1, [&](int64_t s0, int64_t s1) {
     for (int64_t s = s0; s < s1; ++s) {
       const int64_t begin = A * s / slices, end = A * (s + 1) / slices;
@@ -126,6 +83,7 @@ at::Tensor assign_cpu(const at::Tensor& anchors_, const at::Tensor& gt_boxes_, c
   const float fg = static_cast<float>(fg_iou), bg = static_cast<float>(bg_iou);
   const int64_t tiles = (A + kTile - 1) / kTile;
   int64_t* out = matched.data_ptr<int64_t>();
+  const cpu::MatchBoxFn match_box = cpu::match_box_stub.get();
   at::parallel_for(0, B * tiles, 1, [&](int64_t t0, int64_t t1) {
     float best_val[kTile];
     int32_t best_idx[kTile], low_quality[kTile];

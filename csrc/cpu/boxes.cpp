@@ -1,7 +1,7 @@
 // Box IoU and box coding (encode, decode and its backward), CPU.
 //
-// box_iou stages boxes2 as float columns once, then each row of boxes1 runs one vectorisable
-// loop over them. The coders are one parallel pass over the rows; anchor row = row % M.
+// box_iou stages boxes2 as columns once, then each row of boxes1 runs one loop over them
+// (float32: the vectorised kernel of cpu/kernels/boxes.cpp). The coders are one parallel pass over the rows; anchor row = row % M.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "checks/boxes.h"
+#include "cpu/kernels.h"
 #include "math/box.h"
 
 namespace focalops {
@@ -34,6 +35,11 @@ void box_iou_kernel(const scalar_t* b1, const scalar_t* b2, int64_t N, int64_t M
   const A* x2 = y1 + M;
   const A* y2 = x2 + M;
   at::parallel_for(0, N, std::max<int64_t>(1, 16384 / std::max<int64_t>(M, 1)), [&](int64_t begin, int64_t end) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      const cpu::IouRowFn iou_row = cpu::iou_row_stub.get();
+      for (int64_t i = begin; i < end; ++i) iou_row(b1 + 4 * i, cpu::Columns{x1, y1, x2, y2}, M, out + i * M);
+      return;
+    }
     for (int64_t i = begin; i < end; ++i) {
       A a[4];
       load4(b1 + 4 * i, a);

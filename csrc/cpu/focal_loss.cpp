@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "checks/focal_loss.h"
+#include "cpu/kernels.h"
 #include "math/focal_loss.h"
-#include "cpu/vectorize.h"
 
 namespace focalops {
 namespace {
@@ -27,72 +27,41 @@ using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, fl
 
 enum class Mode { kLoss, kSum, kGrad };
 
-// out[i] = m[i] * (loss or grad)(x[i], t[i]): the loop the compiler vectorises.
-template <bool kHard, bool kGrad, int G, typename T>
-FO_ALWAYS_INLINE void tile_loop(const T* x, const T* t, const T* m, int64_t n, T alpha, T gamma, T* out) {
-  const T a_pos = alpha < T(0) ? T(1) : alpha;
-  const T a_neg = alpha < T(0) ? T(1) : T(1) - alpha;
-  for (int64_t i = 0; i < n; ++i) {
-    math::LossGrad<T> r;
-    if constexpr (kHard) {
-      const bool pos = t[i] > T(0.5);
-      r = math::focal_hard<G>(x[i], pos, pos ? a_pos : a_neg, gamma);
-    } else {
-      r = math::focal_soft<G>(x[i], t[i], alpha, gamma);
-    }
-    out[i] = (kGrad ? r.grad : r.loss) * m[i];
-  }
+// out[i] = m[i] * (loss or gradient)(x[i], t[i]) for i < n, or, with out == nullptr, the sum
+// of those values in a fixed order. float32: the vectorised kernel of this CPU's capability.
+double run_tile(bool hard, bool grad, int gk, const float* x, const float* t, const float* m, int64_t n, float alpha,
+                float gamma, float* out) {
+  return cpu::focal_tile_stub.get()(cpu::FocalTile{x, t, m, n, alpha, gamma, gk, hard, grad, out});
 }
 
-template <bool kHard, bool kGrad, typename T>
-FO_ALWAYS_INLINE void tile_gamma(int gk, const T* x, const T* t, const T* m, int64_t n, T alpha, T gamma, T* out) {
-  switch (gk) {
-    case math::kGammaZero: return tile_loop<kHard, kGrad, math::kGammaZero>(x, t, m, n, alpha, gamma, out);
-    case math::kGammaOne: return tile_loop<kHard, kGrad, math::kGammaOne>(x, t, m, n, alpha, gamma, out);
-    case math::kGammaTwo: return tile_loop<kHard, kGrad, math::kGammaTwo>(x, t, m, n, alpha, gamma, out);
-    default: return tile_loop<kHard, kGrad, math::kGammaAny>(x, t, m, n, alpha, gamma, out);
-  }
-}
-
-template <typename T>
-FO_ALWAYS_INLINE void tile(bool hard, bool grad, int gk, const T* x, const T* t, const T* m, int64_t n, T alpha, T gamma,
-                           T* out) {
+template <int G>
+double value_f64(bool hard, bool grad, double x, double t, double m, double alpha, double a_pos, double a_neg,
+                 double gamma) {
   if (hard) {
-    grad ? tile_gamma<true, true>(gk, x, t, m, n, alpha, gamma, out)
-         : tile_gamma<true, false>(gk, x, t, m, n, alpha, gamma, out);
-  } else {
-    grad ? tile_gamma<false, true>(gk, x, t, m, n, alpha, gamma, out)
-         : tile_gamma<false, false>(gk, x, t, m, n, alpha, gamma, out);
+    return grad ? math::focal_value<true, true, G>(x, t, m, alpha, a_pos, a_neg, gamma)
+                : math::focal_value<true, false, G>(x, t, m, alpha, a_pos, a_neg, gamma);
   }
+  return grad ? math::focal_value<false, true, G>(x, t, m, alpha, a_pos, a_neg, gamma)
+              : math::focal_value<false, false, G>(x, t, m, alpha, a_pos, a_neg, gamma);
 }
 
-FO_CPU_CLONES void tile_f32(bool hard, bool grad, int gk, const float* x, const float* t, const float* m, int64_t n,
-                            float alpha, float gamma, float* out) {
-  tile<float>(hard, grad, gk, x, t, m, n, alpha, gamma, out);
-}
-
-void tile_any(bool hard, bool grad, int gk, const float* x, const float* t, const float* m, int64_t n, float alpha,
-              float gamma, float* out) {
-  tile_f32(hard, grad, gk, x, t, m, n, alpha, gamma, out);
-}
-
-void tile_any(bool hard, bool grad, int gk, const double* x, const double* t, const double* m, int64_t n, double alpha,
-              double gamma, double* out) {
-  tile<double>(hard, grad, gk, x, t, m, n, alpha, gamma, out);
-}
-
-// Fixed-order sum of a tile in 16 independent lanes (vectorisable without -ffast-math).
-template <typename T>
-double tile_sum(const T* v, int64_t n) {
-  T lanes[16] = {};
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    for (int j = 0; j < 16; ++j) lanes[j] += v[i + j];
-  }
-  double s = 0.0;
-  for (; i < n; ++i) s += v[i];
-  for (int j = 0; j < 16; ++j) s += lanes[j];
-  return s;
+// float64 (the gradcheck path): the same math on scalars.
+double run_tile(bool hard, bool grad, int gk, const double* x, const double* t, const double* m, int64_t n, double alpha,
+                double gamma, double* out) {
+  const double a_pos = alpha < 0.0 ? 1.0 : alpha;
+  const double a_neg = alpha < 0.0 ? 1.0 : 1.0 - alpha;
+  return math::with_gamma_kind(gk, [&](auto g) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+      const double v = value_f64<decltype(g)::value>(hard, grad, x[i], t[i], m[i], alpha, a_pos, a_neg, gamma);
+      if (out != nullptr) {
+        out[i] = v;
+      } else {
+        sum += v;
+      }
+    }
+    return sum;
+  });
 }
 
 // Pointer to n values of type T: the data itself when no conversion is needed, else `buf`.
@@ -167,13 +136,14 @@ void focal_cpu(Mode mode, const at::Tensor& x, const at::Tensor& targets, const 
       } else if (mode == Mode::kGrad) {
         for (int64_t i = 0; i < n; ++i) mb[i] *= gscale;
       }
-      T* ot = ob;
+      T* ot = mode == Mode::kSum ? nullptr : ob;
       if constexpr (std::is_same_v<T, scalar_t>) {
         if (op) ot = op + begin;
       }
-      tile_any(hard, mode == Mode::kGrad, gk, xt, tt, mb, n, static_cast<T>(alpha), static_cast<T>(gamma), ot);
+      const double sum =
+          run_tile(hard, mode == Mode::kGrad, gk, xt, tt, mb, n, static_cast<T>(alpha), static_cast<T>(gamma), ot);
       if (mode == Mode::kSum) {
-        partial[k] = tile_sum(ob, n);
+        partial[k] = sum;
       } else if (ot == ob) {
         for (int64_t i = 0; i < n; ++i) op[begin + i] = static_cast<scalar_t>(ob[i]);
       }

@@ -18,28 +18,33 @@
 #include <vector>
 
 #include "checks/nms.h"
+#include "cpu/kernels.h"
 #include "math/box.h"
 #include "math/postprocess.h"
-#include "cpu/vectorize.h"
 
 namespace focalops {
 namespace {
 
-// removed[j] |= IoU(box, boxes[j]) > thr for j in [0, n): the loop that dominates NMS.
-FO_CPU_CLONES void suppress_row(const float* box, const float* boxes, int64_t n, float thr, uint8_t* removed) {
-  for (int64_t j = 0; j < n; ++j) {
-    removed[j] |= static_cast<uint8_t>(math::iou(box, boxes + 4 * j) > thr);
-  }
+// Boxes k.. of c.
+cpu::Columns from(cpu::Columns c, int64_t k) {
+  return {c.x1 + k, c.y1 + k, c.x2 + k, c.y2 + k};
 }
 
-// Greedy NMS over n boxes (float32, [n, 4]) given in processing order; keep[i] = 1 if kept.
-// Each kept box removes the later boxes it overlaps too much: O(n * kept), for small n.
-void greedy_nms_dense(const float* boxes, int64_t n, float thr, uint8_t* keep) {
-  std::vector<uint8_t> removed(n, 0);
+float iou_of(cpu::Columns c, int64_t k, const float* b) {
+  return math::iou(c.x1[k], c.y1[k], c.x2[k], c.y2[k], b[0], b[1], b[2], b[3]);
+}
+
+// Greedy NMS over n boxes (float32 columns) given in processing order; keep[i] = 1 if kept.
+// Each kept box removes the later boxes it overlaps too much (one vectorised pass of
+// cpu/kernels/nms.cpp): O(n * kept), for small n.
+void greedy_nms_dense(cpu::Columns c, int64_t n, float thr, uint8_t* keep) {
+  const cpu::SuppressFn suppress = cpu::suppress_stub.get();
+  std::vector<int32_t> removed(n, 0);
   for (int64_t i = 0; i < n; ++i) {
     if (removed[i]) continue;
     keep[i] = 1;
-    suppress_row(boxes + 4 * i, boxes + 4 * (i + 1), n - i - 1, thr, removed.data() + i + 1);
+    const float box[4] = {c.x1[i], c.y1[i], c.x2[i], c.y2[i]};
+    suppress(box, from(c, i + 1), n - i - 1, thr, removed.data() + i + 1);
   }
 }
 
@@ -47,19 +52,21 @@ void greedy_nms_dense(const float* boxes, int64_t n, float thr, uint8_t* keep) {
 // (thr >= 0, so only boxes whose interiors overlap can interact). Kept boxes are filed in a
 // uniform grid of cells about one typical box wide; a box is tested only against the kept boxes
 // of the cells it touches (boxes spanning many cells are tested against, and filed in, a
-// separate list). Returns false (nothing written) if the coordinates are not all finite.
-bool greedy_nms_grid(const float* boxes, int64_t n, float thr, uint8_t* keep) {
+// separate list). Returns false (nothing written) if a coordinate is not finite.
+bool greedy_nms_grid(cpu::Columns c, int64_t n, float thr, uint8_t* keep) {
   float x0 = INFINITY, y0 = INFINITY, x1 = -INFINITY, y1 = -INFINITY;
+  bool finite = true;
   std::vector<float> sides(n);
   for (int64_t i = 0; i < n; ++i) {
-    const float* b = boxes + 4 * i;
+    const float b[4] = {c.x1[i], c.y1[i], c.x2[i], c.y2[i]};
+    finite &= std::isfinite(b[0]) && std::isfinite(b[1]) && std::isfinite(b[2]) && std::isfinite(b[3]);
     x0 = std::min(x0, std::min(b[0], b[2]));
     x1 = std::max(x1, std::max(b[0], b[2]));
     y0 = std::min(y0, std::min(b[1], b[3]));
     y1 = std::max(y1, std::max(b[1], b[3]));
     sides[i] = std::max(b[2] - b[0], b[3] - b[1]);
   }
-  if (!std::isfinite(x0) || !std::isfinite(x1) || !std::isfinite(y0) || !std::isfinite(y1)) return false;
+  if (!finite) return false;
   std::nth_element(sides.begin(), sides.begin() + n / 2, sides.end());
   constexpr int64_t kMaxCellsPerSide = 1024, kLargeSpan = 16;
   double cell = std::max<double>(0.5 * sides[n / 2], 1e-6);
@@ -73,12 +80,12 @@ bool greedy_nms_grid(const float* boxes, int64_t n, float thr, uint8_t* keep) {
   std::vector<int64_t> kept;
   auto hits = [&](const float* b, const std::vector<int64_t>& ids) {
     for (const int64_t k : ids) {
-      if (math::iou(boxes + 4 * k, b) > thr) return true;
+      if (iou_of(c, k, b) > thr) return true;
     }
     return false;
   };
   for (int64_t i = 0; i < n; ++i) {
-    const float* b = boxes + 4 * i;
+    const float b[4] = {c.x1[i], c.y1[i], c.x2[i], c.y2[i]};
     const int64_t ax = cx(std::min(b[0], b[2])), bx = cx(std::max(b[0], b[2]));
     const int64_t ay = cy(std::min(b[1], b[3])), by = cy(std::max(b[1], b[3]));
     const bool is_large = (bx - ax + 1) * (by - ay + 1) > kLargeSpan;
@@ -104,10 +111,10 @@ bool greedy_nms_grid(const float* boxes, int64_t n, float thr, uint8_t* keep) {
   return true;
 }
 
-void greedy_nms(const float* boxes, int64_t n, float thr, uint8_t* keep) {
+void greedy_nms(cpu::Columns c, int64_t n, float thr, uint8_t* keep) {
   constexpr int64_t kGridMinBoxes = 2048;
-  if (n >= kGridMinBoxes && greedy_nms_grid(boxes, n, thr, keep)) return;
-  greedy_nms_dense(boxes, n, thr, keep);
+  if (n >= kGridMinBoxes && greedy_nms_grid(c, n, thr, keep)) return;
+  greedy_nms_dense(c, n, thr, keep);
 }
 
 // Indices of the kept boxes in decreasing score order (ties: lower index first), at most
@@ -140,9 +147,12 @@ std::vector<int64_t> nms_core(const float* boxes, const S* scores, const int64_t
     for (int64_t c = b0; c < b1; ++c) {
       const int64_t lo = starts[c], m = starts[c + 1] - starts[c];
       bucket.resize(4 * m);
-      for (int64_t q = 0; q < m; ++q) std::copy_n(boxes + 4 * order[pos[lo + q]], 4, bucket.data() + 4 * q);
+      for (int64_t q = 0; q < m; ++q) {
+        for (int k = 0; k < 4; ++k) bucket[k * m + q] = boxes[4 * order[pos[lo + q]] + k];
+      }
       kept.assign(m, 0);
-      greedy_nms(bucket.data(), m, thr, kept.data());
+      const float* col = bucket.data();
+      greedy_nms(cpu::Columns{col, col + m, col + 2 * m, col + 3 * m}, m, thr, kept.data());
       for (int64_t q = 0; q < m; ++q) keep[pos[lo + q]] = kept[q];
     }
   });
@@ -212,7 +222,12 @@ std::vector<Candidate<T>> select_candidates(const L* logits, int64_t n, T thresh
   T lo = logit_prefilter(thresh);
   const int64_t cap = topk > n / 2 ? n + 1 : 2 * topk;
   std::vector<Candidate<T>> c;
+  [[maybe_unused]] const cpu::FirstAboveFn first_above = cpu::first_above_stub.get();
   for (int64_t i = 0; i < n; ++i) {
+    if constexpr (std::is_same_v<L, float>) {
+      i = first_above(logits, i, n, lo);  // skips the logits that cannot pass, vectorised
+      if (i == n) break;
+    }
     const T x = static_cast<T>(logits[i]);
     if (!(x > lo)) {
       nan_seen |= std::isnan(x);

@@ -7,28 +7,25 @@
 namespace focalops {
 namespace math {
 
-template <typename T>
-FO_HD T box_area(T x1, T y1, T x2, T y2) {
-  return mul_rn(x2 - x1, y2 - y1);
+// torchvision's box_iou formula, except that an empty union gives 0 instead of NaN. V is a
+// float, a double or a vector of floats (one box against several). Callers that must agree bit
+// for bit across devices (assignment, NMS) use float32; the products are never contracted into
+// FMAs, so the result is also bit-identical to torch's float32 box_iou on CPU.
+template <typename V>
+FO_HD V iou(V ax1, V ay1, V ax2, V ay2, V bx1, V by1, V bx2, V by2) {
+  using L = Lanes<V>;
+  const V area_a = mul_rn(ax2 - ax1, ay2 - ay1);
+  const V area_b = mul_rn(bx2 - bx1, by2 - by1);
+  const V w = fmax0(L::select(ax2 < bx2, ax2, bx2) - L::select(ax1 > bx1, ax1, bx1));
+  const V h = fmax0(L::select(ay2 < by2, ay2, by2) - L::select(ay1 > by1, ay1, by1));
+  const V inter = mul_rn(w, h);
+  const V uni = area_a + area_b - inter;
+  return L::select(uni > V(0.f), inter / uni, V(0.f));
 }
 
-// torchvision's box_iou formula, except that an empty union gives 0 instead of NaN.
-// Callers that must agree bit for bit across devices (assignment, NMS) use T = float; the
-// products are never contracted into FMAs, so the result is also bit-identical to torch's
-// float32 box_iou on CPU.
 template <typename T>
 FO_HD T iou(const T* a, const T* b) {
-  const T area_a = box_area(a[0], a[1], a[2], a[3]);
-  const T area_b = box_area(b[0], b[1], b[2], b[3]);
-  const T lt_x = a[0] > b[0] ? a[0] : b[0];
-  const T lt_y = a[1] > b[1] ? a[1] : b[1];
-  const T rb_x = a[2] < b[2] ? a[2] : b[2];
-  const T rb_y = a[3] < b[3] ? a[3] : b[3];
-  const T w = fmax0(rb_x - lt_x);
-  const T h = fmax0(rb_y - lt_y);
-  const T inter = mul_rn(w, h);
-  const T uni = area_a + area_b - inter;
-  return uni > T(0) ? inter / uni : T(0);
+  return iou(a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3]);
 }
 
 struct BoxWeights {

@@ -1,8 +1,11 @@
 // Elementary functions shared by the CPU and CUDA kernels.
 //
-// The host float versions are branch-free polynomials so that the CPU loops vectorise (libm's
-// expf/log1pf calls do not); the device versions use CUDA's libdevice functions; double always
-// uses libm (it is the gradcheck / reference path, not the fast one).
+// The float math is written once, as templates over a lane type V: one float (CPU scalar code
+// and CUDA), or at::vec::Vectorized<float> (the per-ISA CPU kernels in csrc/cpu/kernels/, which
+// add Lanes<Vectorized<float>>). Both instantiations run the same IEEE operations in the same
+// order (builds use -ffp-contract=off; Lanes::fmadd fuses where the ISA has FMA), so vector
+// bodies and scalar tails agree bit for bit, and so do the avx2 and avx512 builds. On the host the float versions are branch-free polynomials; the device uses
+// CUDA's libdevice functions; double always uses libm (the gradcheck / reference path).
 #pragma once
 
 #include <cmath>
@@ -12,7 +15,7 @@
 #if defined(__CUDACC__)
 #define FO_HD __host__ __device__ __forceinline__
 #elif defined(__GNUC__)
-// Forced inlining keeps the math inside the CPU loops, where the vectoriser needs it.
+// Forced inlining keeps the math inside the CPU loops.
 #define FO_HD inline __attribute__((always_inline))
 #else
 #define FO_HD inline
@@ -41,6 +44,40 @@ FO_HD int32_t float_to_int_bits(float f) {
 #endif
 }
 
+// What the generic math needs beyond arithmetic and comparisons. Mask is what a comparison of
+// two V gives; Int holds the bits of V.
+template <typename V>
+struct Lanes;
+
+// fmadd(a, b, c) = a * b + c, fused exactly where the vector lanes of the same build fuse it
+// (CUDA, or a host ISA with FMA: the avx2 / avx512 builds, ARM), so that scalar tails and
+// vector bodies round alike.
+template <>
+struct Lanes<float> {
+  using Int = int32_t;
+  static FO_HD float select(bool m, float a, float b) { return m ? a : b; }
+  static FO_HD float fmadd(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+    return __fmaf_rn(a, b, c);
+#elif defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+    return std::fma(a, b, c);
+#else
+    return a * b + c;
+#endif
+  }
+  static FO_HD int32_t bits(float x) { return float_to_int_bits(x); }
+  static FO_HD float from_bits(int32_t i) { return int_bits_to_float(i); }
+  // Only called on finite values within the int32 range.
+  static FO_HD int32_t trunc_to_int(float x) { return static_cast<int32_t>(x); }
+  static FO_HD float to_float(int32_t i) { return static_cast<float>(i); }
+};
+
+template <>
+struct Lanes<double> {
+  static FO_HD double select(bool m, double a, double b) { return m ? a : b; }
+  static FO_HD double fmadd(double a, double b, double c) { return a * b + c; }
+};
+
 // Overloads that pick the float or double libm / libdevice function.
 FO_HD float log_(float x) { return logf(x); }
 FO_HD double log_(double x) { return ::log(x); }
@@ -48,7 +85,7 @@ FO_HD float exp_(float x) { return expf(x); }
 FO_HD double exp_(double x) { return ::exp(x); }
 
 // Products that the compiler may not fuse into an FMA with a following add (nvcc contracts by
-// default; the host build does not): IoU must round identically on CPU and CUDA.
+// default; the host build passes -ffp-contract=off): IoU must round identically on CPU and CUDA.
 FO_HD float mul_rn(float a, float b) {
 #if defined(__CUDA_ARCH__)
   return __fmul_rn(a, b);
@@ -63,52 +100,74 @@ FO_HD double mul_rn(double a, double b) {
   return a * b;
 #endif
 }
+template <typename V>
+FO_HD V mul_rn(V a, V b) {
+  return a * b;
+}
 
-FO_HD float fmax0(float x) { return x > 0.f ? x : 0.f; }
-FO_HD double fmax0(double x) { return x > 0.0 ? x : 0.0; }
+// max(x, 0); NaN gives 0.
+template <typename V>
+FO_HD V fmax0(V x) {
+  return Lanes<V>::select(x > V(0), x, V(0));
+}
 
 // exp(x) for x <= 0 (every exponential in the focal loss has a non-positive argument).
-// Cephes expf: |rel err| < 2 ulp; exactly 0 below the normal range.
+// Cephes expf: |rel err| < 2 ulp; exactly 0 below the normal range; NaN stays NaN.
+template <typename V>
+FO_HD V exp_nonpos_poly(V x) {
+  using L = Lanes<V>;
+  const V lo(-87.3f);
+  const V xc = L::select(x >= lo, x, lo);  // NaN -> lo: the conversion below stays defined
+  // Round to nearest by the 1.5 * 2^23 trick: branch-free.
+  const V n = (xc * V(1.44269504088896341f) + V(12582912.f)) - V(12582912.f);
+  const V r = (xc - n * V(0.693359375f)) + n * V(2.12194440e-4f);
+  V p(1.9875691500e-4f);
+  p = L::fmadd(p, r, V(1.3981999507e-3f));
+  p = L::fmadd(p, r, V(8.3334519073e-3f));
+  p = L::fmadd(p, r, V(4.1665795894e-2f));
+  p = L::fmadd(p, r, V(1.6666665459e-1f));
+  p = L::fmadd(p, r, V(5.0000001201e-1f));
+  const V y = L::fmadd(p * r, r, r) + V(1.f);
+  // 2^n from its bits: (n + 127) * 2^23 is an exact integer in [2^23, 255 * 2^23].
+  const V scale = L::from_bits(L::trunc_to_int((n + V(127.f)) * V(8388608.f)));
+  return L::select(x < lo, V(0.f), y * scale + (x - x));  // x - x: 0, or NaN for NaN
+}
+
 FO_HD float exp_nonpos(float x) {
 #if defined(__CUDA_ARCH__)
   return expf(x);
 #else
-  const float xc = x < -87.3f ? -87.3f : x;
-  // Round to nearest by the 1.5 * 2^23 trick: branch-free and vectorisable.
-  const float n = (xc * 1.44269504088896341f + 12582912.f) - 12582912.f;
-  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float y = p * r * r + r + 1.f;
-  const float scale = int_bits_to_float((static_cast<int32_t>(n) + 127) << 23);
-  return x < -87.3f ? 0.f : y * scale;
+  return exp_nonpos_poly(x);
 #endif
 }
 FO_HD double exp_nonpos(double x) { return ::exp(x); }
+template <typename V>
+FO_HD V exp_nonpos(V x) {
+  return exp_nonpos_poly(x);
+}
 
 // 2 * atanh(s) = log((1 + s) / (1 - s)) for |s| <= 1/3, by its odd series (rel err < 2e-8).
-FO_HD float log_ratio_series(float s) {
-  const float s2 = s * s;
-  float p = 1.f / 13.f;
-  p = p * s2 + 1.f / 11.f;
-  p = p * s2 + 1.f / 9.f;
-  p = p * s2 + 1.f / 7.f;
-  p = p * s2 + 1.f / 5.f;
-  p = p * s2 + 1.f / 3.f;
-  return 2.f * s * (p * s2 + 1.f);
+template <typename V>
+FO_HD V log_ratio_series(V s) {
+  using L = Lanes<V>;
+  const V s2 = s * s;
+  V p(1.f / 13.f);
+  p = L::fmadd(p, s2, V(1.f / 11.f));
+  p = L::fmadd(p, s2, V(1.f / 9.f));
+  p = L::fmadd(p, s2, V(1.f / 7.f));
+  p = L::fmadd(p, s2, V(1.f / 5.f));
+  p = L::fmadd(p, s2, V(1.f / 3.f));
+  return V(2.f) * s * L::fmadd(p, s2, V(1.f));
 }
 
 // For e = exp(-|x|) in [0, 1]: d = 1 / (1 + e) (= sigmoid(|x|)) and l = log1p(e)
 // (= softplus(-|x|)), sharing one division: 1 / ((1 + e)(2 + e)) gives both d and the
 // series argument e / (2 + e).
-FO_HD void sigmoid_log1p(float e, float& d, float& l) {
-  const float one_e = 1.f + e;
-  const float two_e = 2.f + e;
-  const float r = 1.f / (one_e * two_e);
+template <typename V>
+FO_HD void sigmoid_log1p(V e, V& d, V& l) {
+  const V one_e = V(1.f) + e;
+  const V two_e = V(2.f) + e;
+  const V r = V(1.f) / (one_e * two_e);
   d = two_e * r;
   l = log_ratio_series(e * one_e * r);
 }
@@ -119,21 +178,33 @@ FO_HD void sigmoid_log1p(double e, double& d, double& l) {
 
 // log(x) for x in [0, 1] (0 gives -inf): exponent from the bits, mantissa in
 // [sqrt(1/2), sqrt(2)) through the same series.
+template <typename V>
+FO_HD V log_unit_poly(V x) {
+  using L = Lanes<V>;
+  using I = typename L::Int;
+  const I bits = L::bits(x);
+  // The biased exponent times 2^23 converts to float exactly.
+  V e = L::to_float(bits & I(0x7f800000)) * V(1.f / 8388608.f) - V(127.f);
+  V m = L::from_bits((bits & I(0x007fffff)) | I(0x3f800000));
+  const auto big = m > V(1.41421356f);
+  m = L::select(big, V(0.5f) * m, m);
+  e = L::select(big, e + V(1.f), e);
+  const V y = e * V(0.693147180559945f) + log_ratio_series((m - V(1.f)) / (m + V(1.f)));
+  return L::select(x < V(1.17549435e-38f), V(-INFINITY), y);
+}
+
 FO_HD float log_unit(float x) {
 #if defined(__CUDA_ARCH__)
   return logf(x);
 #else
-  const int32_t bits = float_to_int_bits(x);
-  int32_t e = (bits >> 23) - 127;
-  float m = int_bits_to_float((bits & 0x007fffff) | 0x3f800000);
-  const bool big = m > 1.41421356f;
-  m = big ? 0.5f * m : m;
-  e = big ? e + 1 : e;
-  const float y = static_cast<float>(e) * 0.693147180559945f + log_ratio_series((m - 1.f) / (m + 1.f));
-  return x < 1.17549435e-38f ? -INFINITY : y;
+  return log_unit_poly(x);
 #endif
 }
 FO_HD double log_unit(double x) { return ::log(x); }
+template <typename V>
+FO_HD V log_unit(V x) {
+  return log_unit_poly(x);
+}
 
 }  // namespace math
 }  // namespace focalops

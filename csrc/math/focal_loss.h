@@ -8,6 +8,8 @@
 // with (1 - p_t)^gamma, never (1 - p_t)^(gamma - 1), so gamma in (0, 1) is safe at p_t = 1.
 #pragma once
 
+#include <type_traits>
+
 #include "math/common.h"
 
 namespace focalops {
@@ -20,10 +22,21 @@ inline GammaKind gamma_kind(double gamma) {
   return gamma == 0.0 ? kGammaZero : gamma == 1.0 ? kGammaOne : gamma == 2.0 ? kGammaTwo : kGammaAny;
 }
 
+// f(std::integral_constant<int, G>()) for the GammaKind gk.
+template <typename F>
+inline auto with_gamma_kind(int gk, F&& f) {
+  switch (gk) {
+    case kGammaZero: return f(std::integral_constant<int, kGammaZero>());
+    case kGammaOne: return f(std::integral_constant<int, kGammaOne>());
+    case kGammaTwo: return f(std::integral_constant<int, kGammaTwo>());
+    default: return f(std::integral_constant<int, kGammaAny>());
+  }
+}
+
 // q^gamma for q in [0, 1] given log(q) (only evaluated for kGammaAny).
 template <int G, typename T>
 FO_HD T pow_gamma(T q, T log_q, T gamma) {
-  if (G == kGammaZero) return T(1);
+  if (G == kGammaZero) return T(1.f);
   if (G == kGammaOne) return q;
   if (G == kGammaTwo) return q * q;
   return exp_nonpos(gamma * log_q);
@@ -35,24 +48,29 @@ struct LossGrad {
   T grad;  // d loss / d x
 };
 
-// Hard target (class-index form): t = 1 if `positive`, else 0; alpha_t already chosen.
+// T is float, double or a vector of floats (Lanes<T>); M is what comparing two T gives.
+//
+// Hard target (class-index form): t = 1 where `positive`, else 0; alpha_t already chosen.
 // With z = +x for a positive and -x for a negative:
 //   p_t = sigmoid(z), q = 1 - p_t = sigmoid(-z), ce = softplus(-z) = -log(p_t)
 //   loss = a q^g ce,   d loss / dz = -a q^g (g p_t ce + q),   dz/dx = +-1.
-template <int G, typename T>
-FO_HD LossGrad<T> focal_hard(T x, bool positive, T alpha_t, T gamma) {
-  const T ax = x < T(0) ? -x : x;
-  const T e = exp_nonpos(-ax);
+// p_t ce is 0 where p_t is (z = -inf: the limit, not 0 * inf).
+template <int G, typename T, typename M>
+FO_HD LossGrad<T> focal_hard(T x, M positive, T alpha_t, T gamma) {
+  using L = Lanes<T>;
+  const T ax = L::select(x < T(0.f), T(0.f) - x, x);
+  const T e = exp_nonpos(T(0.f) - ax);
   T d, l;
   sigmoid_log1p(e, d, l);
-  const T z = positive ? x : -x;
-  const bool z_pos = z >= T(0);
-  const T q = z_pos ? e * d : d;
-  const T p_t = z_pos ? d : e * d;
-  const T ce = fmax0(-z) + l;
-  const T qg = pow_gamma<G>(q, -(fmax0(z) + l), gamma);
-  const T dz = -alpha_t * qg * (gamma * p_t * ce + q);
-  return {alpha_t * qg * ce, positive ? dz : -dz};
+  const T z = L::select(positive, x, T(0.f) - x);
+  const auto z_pos = z >= T(0.f);
+  const T q = L::select(z_pos, e * d, d);
+  const T p_t = L::select(z_pos, d, e * d);
+  const T ce = fmax0(T(0.f) - z) + l;
+  const T qg = pow_gamma<G>(q, T(0.f) - (fmax0(z) + l), gamma);
+  const T p_t_ce = L::select(p_t > T(0.f), p_t * ce, T(0.f));
+  const T dz = (T(0.f) - alpha_t) * qg * (gamma * p_t_ce + q);
+  return {alpha_t * qg * ce, L::select(positive, dz, T(0.f) - dz)};
 }
 
 // Soft target t in [0, 1] (dense form, torchvision's formula):
@@ -62,20 +80,36 @@ FO_HD LossGrad<T> focal_hard(T x, bool positive, T alpha_t, T gamma) {
 // p and 1 - p are both formed without cancellation, so hard 0/1 targets are exact too.
 template <int G, typename T>
 FO_HD LossGrad<T> focal_soft(T x, T t, T alpha, T gamma) {
-  const T ax = x < T(0) ? -x : x;
-  const T e = exp_nonpos(-ax);
+  using L = Lanes<T>;
+  const T ax = L::select(x < T(0.f), T(0.f) - x, x);
+  const T e = exp_nonpos(T(0.f) - ax);
   T d, l;
   sigmoid_log1p(e, d, l);
-  const bool x_pos = x >= T(0);
-  const T p = x_pos ? d : e * d;
-  const T pm = x_pos ? e * d : d;
-  const T q = p * (T(1) - t) + pm * t;
+  const auto x_pos = x >= T(0.f);
+  const T p = L::select(x_pos, d, e * d);
+  const T pm = L::select(x_pos, e * d, d);
+  const T one(1.f);
+  const T q = p * (one - t) + pm * t;
   const T ce = fmax0(x) - x * t + l;
-  const T alpha_t = alpha < T(0) ? T(1) : alpha * t + (T(1) - alpha) * (T(1) - t);
-  const T qg = G == kGammaAny ? pow_gamma<G>(q, log_unit(q), gamma) : pow_gamma<G>(q, T(0), gamma);
-  const T r = q > T(0) ? p * pm / q : T(0);
-  const T grad = alpha_t * qg * (gamma * (T(1) - T(2) * t) * r * ce + p * (T(1) - t) - pm * t);
+  const T alpha_t = L::select(alpha < T(0.f), one, alpha * t + (one - alpha) * (one - t));
+  const T qg = G == kGammaAny ? pow_gamma<G>(q, log_unit(q), gamma) : pow_gamma<G>(q, T(0.f), gamma);
+  const T r = L::select(q > T(0.f), p * pm / q, T(0.f));
+  const T grad = alpha_t * qg * (gamma * (one - T(2.f) * t) * r * ce + p * (one - t) - pm * t);
   return {alpha_t * qg * ce, grad};
+}
+
+// m * (loss, or gradient if kGrad) for a 0/1 indicator (kHard) or a soft target t; a_pos and
+// a_neg are alpha_t of a positive and of a negative.
+template <bool kHard, bool kGrad, int G, typename T>
+FO_HD T focal_value(T x, T t, T m, T alpha, T a_pos, T a_neg, T gamma) {
+  LossGrad<T> r;
+  if constexpr (kHard) {
+    const auto pos = t > T(0.5f);
+    r = focal_hard<G>(x, pos, Lanes<T>::select(pos, a_pos, a_neg), gamma);
+  } else {
+    r = focal_soft<G>(x, t, alpha, gamma);
+  }
+  return (kGrad ? r.grad : r.loss) * m;
 }
 
 }  // namespace math

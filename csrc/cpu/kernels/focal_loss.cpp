@@ -1,0 +1,76 @@
+// Sigmoid focal loss over one staged tile (cpu/kernels.h: FocalTile), on Vectorized<float>
+// lanes with the scalar math for the tail: both are math/focal_loss.h.
+#include "cpu/kernels/vec.h"
+#include "math/focal_loss.h"
+
+namespace focalops {
+namespace cpu {
+namespace CPU_CAPABILITY {
+namespace {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kSumLanes = 16;  // the sum's lane count on every capability: same bits everywhere
+static_assert(kSumLanes % Vec::size() == 0, "kSumLanes must be a multiple of the vector width");
+
+enum class Mode { kLoss, kSum, kGrad };
+
+template <bool kHard, Mode kMode, int G>
+double tile(const FocalTile& a) {
+  const float alpha = a.alpha, gamma = a.gamma;
+  const float a_pos = alpha < 0.f ? 1.f : alpha;
+  const float a_neg = alpha < 0.f ? 1.f : 1.f - alpha;
+  const Vec alpha_v(alpha), a_pos_v(a_pos), a_neg_v(a_neg), gamma_v(gamma);
+  constexpr int kAcc = kSumLanes / Vec::size();
+  Vec acc[kAcc];
+  for (auto& v : acc) v = Vec(0.f);
+  int64_t i = 0;
+  for (; i + kSumLanes <= a.n; i += kSumLanes) {
+    for (int k = 0; k < kAcc; ++k) {
+      const int64_t j = i + k * Vec::size();
+      const Vec v = math::focal_value<kHard, kMode == Mode::kGrad, G>(Vec::loadu(a.x + j), Vec::loadu(a.t + j), Vec::loadu(a.m + j), alpha_v, a_pos_v,
+                                           a_neg_v, gamma_v);
+      if constexpr (kMode == Mode::kSum) {
+        acc[k] = acc[k] + v;
+      } else {
+        v.store(a.out + j);
+      }
+    }
+  }
+  double sum = 0.0;
+  for (; i < a.n; ++i) {
+    const float v = math::focal_value<kHard, kMode == Mode::kGrad, G>(a.x[i], a.t[i], a.m[i], alpha, a_pos, a_neg, gamma);
+    if constexpr (kMode == Mode::kSum) {
+      sum += v;
+    } else {
+      a.out[i] = v;
+    }
+  }
+  if constexpr (kMode == Mode::kSum) {
+    float lanes[kSumLanes];
+    for (int k = 0; k < kAcc; ++k) acc[k].store(lanes + k * Vec::size());
+    for (const float v : lanes) sum += v;
+  }
+  return sum;
+}
+
+template <bool kHard, Mode kMode>
+double tile_gamma(const FocalTile& a) {
+  return math::with_gamma_kind(a.gamma_kind, [&](auto g) { return tile<kHard, kMode, decltype(g)::value>(a); });
+}
+
+template <bool kHard>
+double tile_mode(const FocalTile& a) {
+  if (a.grad) return tile_gamma<kHard, Mode::kGrad>(a);
+  return a.out != nullptr ? tile_gamma<kHard, Mode::kLoss>(a) : tile_gamma<kHard, Mode::kSum>(a);
+}
+
+double focal_tile(const FocalTile& a) {
+  return a.hard ? tile_mode<true>(a) : tile_mode<false>(a);
+}
+
+FO_REGISTER_KERNEL(focal_tile_stub, focal_tile);
+
+}  // namespace
+}  // namespace CPU_CAPABILITY
+}  // namespace cpu
+}  // namespace focalops
