@@ -113,6 +113,31 @@ def test_extreme_logits_are_finite(device, gamma, dtype):
     torch.testing.assert_close(g.item(), -0.25)
 
 
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 2.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_infinite_logits_give_the_limits(device, gamma, dtype):
+    """Class-index form at +-inf: loss 0 or inf, gradient the finite limit (never 0 * inf = NaN)."""
+    inf = math.inf
+    x = torch.tensor([[inf, -inf], [inf, -inf]], device=device, dtype=dtype)
+    labels = torch.tensor([1, -1], device=device)
+    loss, g = _grad(focalops.sigmoid_focal_loss, x, labels, 0.25, gamma, "none")
+    # +inf negative: (1 - alpha) x, slope 0.75; -inf positive: alpha |x|, slope -0.25; the rest 0.
+    want_loss = torch.tensor([[inf, inf], [inf, 0.0]], dtype=dtype)
+    want_grad = torch.tensor([[0.75, -0.25], [0.75, 0.0]], dtype=dtype)
+    torch.testing.assert_close(loss.cpu(), want_loss)
+    torch.testing.assert_close(g.cpu(), want_grad)
+    ok = torch.tensor([[inf, -inf]], device=device, dtype=dtype)
+    loss, g = _grad(focalops.sigmoid_focal_loss, ok, torch.tensor([0], device=device), 0.25, gamma, "none")
+    assert (loss == 0).all() and (g == 0).all()
+
+
+def test_nan_logits_propagate(device):
+    x = torch.tensor([[float("nan"), 1.0] * 9], device=device)  # 18 values: vector body and tail
+    loss, g = _grad(focalops.sigmoid_focal_loss, x, torch.tensor([0], device=device), 0.25, 2.0, "none")
+    assert torch.isnan(loss[0, ::2]).all() and torch.isfinite(loss[0, 1::2]).all()
+    assert torch.isnan(g[0, ::2]).all() and torch.isfinite(g[0, 1::2]).all()
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     rows=st.integers(0, 40),
