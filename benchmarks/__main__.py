@@ -80,8 +80,13 @@ def main(argv=None) -> int:
         "never above what the CPU has); results get the suffix -<capability>",
     )
     args = parser.parse_args(argv)
-    if args.cpu_capability and os.environ.get("ATEN_CPU_CAPABILITY") != args.cpu_capability:
-        # Both libraries choose their kernels when they load: run again in a fresh process.
+    if args.cpu_capability and args.cpu_capability != focalops.cpu_capability():
+        if os.environ.get("ATEN_CPU_CAPABILITY") == args.cpu_capability:
+            best = focalops.cpu_capability()
+            print(f"this CPU cannot run the {args.cpu_capability} build (best: {best})", file=sys.stderr)
+            return 2
+        # Both libraries choose their kernels when they load: run again in a fresh process. (Only
+        # then: inductor's CPU code is much slower under an explicit ATEN_CPU_CAPABILITY=avx512.)
         env = {**os.environ, "ATEN_CPU_CAPABILITY": args.cpu_capability}
         args_again = argv if argv is not None else sys.argv[1:]
         return subprocess.call([sys.executable, "-m", "benchmarks", *args_again], env=env)
