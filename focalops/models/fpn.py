@@ -7,22 +7,33 @@ from torch import Tensor, nn
 
 
 class FPN(nn.Module):
-    """Top-down pyramid P3-P5 from C3-C5, plus P6 (3x3 stride-2 conv on C5) and P7 (3x3
-    stride-2 conv on relu(P6)), as in the RetinaNet paper.
+    """Top-down pyramid P3-P5 from C3-C5, plus P6 (3x3 stride-2 conv on C5, or on P5) and P7
+    (3x3 stride-2 conv on relu(P6)). A lateral map whose size is not twice the one above (an
+    input that is not a multiple of 128) gets the upsampled map resized to its own size, as in
+    torchvision.
 
     Args:
         in_channels (Sequence[int]): channels of C3, C4, C5.
         out_channels (int): channels of every pyramid level. Default 256.
+        p6_from (str): ``"c5"`` (the paper; default) or ``"p5"`` (torchvision's v1
+            ``retinanet_resnet50_fpn``).
 
     Returns (forward):
         list[Tensor]: ``[P3, P4, P5, P6, P7]`` with strides 8, 16, 32, 64, 128.
+
+    Raises:
+        ValueError: ``p6_from`` is neither ``"c5"`` nor ``"p5"``.
     """
 
-    def __init__(self, in_channels: Sequence[int], out_channels: int = 256):
+    def __init__(self, in_channels: Sequence[int], out_channels: int = 256, p6_from: str = "c5"):
         super().__init__()
+        if p6_from not in ("c5", "p5"):
+            raise ValueError(f"FPN: p6_from must be 'c5' or 'p5', got {p6_from!r}")
+        self.p6_from = p6_from
         self.lateral = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
         self.output = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
-        self.p6 = nn.Conv2d(in_channels[-1], out_channels, 3, stride=2, padding=1)
+        p6_in = in_channels[-1] if p6_from == "c5" else out_channels
+        self.p6 = nn.Conv2d(p6_in, out_channels, 3, stride=2, padding=1)
         self.p7 = nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -37,6 +48,6 @@ class FPN(nn.Module):
             lateral = self.lateral[i](features[i])
             inner = lateral + F.interpolate(inner, size=lateral.shape[-2:], mode="nearest")
             outs.insert(0, self.output[i](inner))
-        p6 = self.p6(c5)
+        p6 = self.p6(c5 if self.p6_from == "c5" else outs[-1])
         p7 = self.p7(F.relu(p6))
         return outs + [p6, p7]

@@ -12,7 +12,7 @@ from focalops.models.resnet import ResNet
 
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
-_PAD_MULTIPLE = 128  # the P7 stride: every level then tiles the padded image exactly
+_PAD_MULTIPLE = 32  # torchvision's size_divisible; anchors then use torchvision's strides
 
 
 class _Ops(NamedTuple):
@@ -105,12 +105,17 @@ class RetinaNet(nn.Module):
         fg_iou, bg_iou (float): assignment thresholds. Default 0.5, 0.4.
         focal_alpha, focal_gamma (float): focal loss parameters. Default 0.25, 2.
         score_thresh, nms_thresh (float), topk_candidates, detections_per_img (int):
-            post-processing, as torchvision (0.05, 0.5, 1000, 100).
+            post-processing, as torchvision (0.05, 0.5, 1000, 300).
+        p6_from (str): ``"c5"`` (the paper; default) or ``"p5"`` (torchvision's v1
+            ``retinanet_resnet50_fpn``; `from_torchvision` sets it).
 
     Inputs:
         images: a list of float ``Tensor[3, H, W]`` in [0, 1] (sizes may differ) or one
             ``Tensor[B, 3, H, W]``. The model normalises them with the ImageNet mean and std and
-            pads them (bottom / right) to a multiple of 128; resizing is the data pipeline's job.
+            pads them (bottom / right) to a multiple of 32, as torchvision; the anchors of a
+            level are then spaced ``padded_size // feature_size`` apart, as torchvision's (the
+            nominal stride 8 ... 128 whenever the padded size is a multiple of 128). Resizing
+            is the data pipeline's job.
         targets (training only): a list of ``{"boxes": Tensor[G, 4] float (x1, y1, x2, y2) in
             pixels, "labels": Tensor[G] int64 in [0, num_classes)}``; ``G`` may be 0.
 
@@ -138,7 +143,8 @@ class RetinaNet(nn.Module):
         score_thresh: float = 0.05,
         nms_thresh: float = 0.5,
         topk_candidates: int = 1000,
-        detections_per_img: int = 100,
+        detections_per_img: int = 300,
+        p6_from: str = "c5",
     ):
         super().__init__()
         if not isinstance(num_classes, int) or num_classes < 1:
@@ -158,10 +164,11 @@ class RetinaNet(nn.Module):
             nms_thresh=nms_thresh,
             topk_candidates=topk_candidates,
             detections_per_img=detections_per_img,
+            p6_from=p6_from,
         )
         self.num_classes = num_classes
         self.backbone = ResNet(backbone, frozen_bn=frozen_bn)
-        self.fpn = FPN(self.backbone.out_channels, fpn_channels)
+        self.fpn = FPN(self.backbone.out_channels, fpn_channels, p6_from=p6_from)
         num_anchors = 9
         prior = 0.01
         self.classification_head = _Subnet(
@@ -171,6 +178,39 @@ class RetinaNet(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(_IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(_IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.ops = ops
+
+    @classmethod
+    def from_torchvision(cls, source, **overrides) -> "RetinaNet":
+        """A focalops RetinaNet with the weights and settings of a torchvision RetinaNet.
+
+        With the same weights it gives torchvision's detections on the same images (to float
+        tolerance), on focalops' hot path: a user with torchvision's COCO weights file gets that
+        model here. torchvision resizes images in its transform; focalops leaves resizing to the
+        data pipeline, so feed images at the size torchvision would have resized them to.
+
+        Args:
+            source: a torchvision ``RetinaNet`` (its post-processing, matching and anchor
+                settings are copied too), its ``state_dict()``, or the path of a saved state dict
+                (e.g. ``retinanet_resnet50_fpn_coco-eeacb38b.pth``; loaded with
+                ``weights_only=True``).
+            **overrides: RetinaNet arguments to set differently (e.g. ``score_thresh``).
+
+        Raises:
+            TypeError: ``source`` is none of these.
+            ValueError: not a RetinaNet state dict, or a variant focalops does not have (heads
+                with normalisation layers, as torchvision's ``retinanet_resnet50_fpn_v2``; a GIoU
+                box loss; other anchors or image normalisation).
+        """
+        from focalops.models.from_torchvision import retinanet_from_torchvision
+
+        kwargs, state_dict = retinanet_from_torchvision(source, **overrides)
+        model = cls(**kwargs)
+        missing, unexpected = model.load_state_dict(state_dict, strict=False)
+        if missing or unexpected:
+            raise ValueError(
+                f"RetinaNet.from_torchvision: weights do not match (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
+        return model
 
     @property
     def ops(self) -> str:
@@ -301,14 +341,16 @@ class RetinaNet(nn.Module):
         features = self.fpn(self.backbone(batch))
         cls_logits = self.classification_head(features)
         box_deltas = self.regression_head(features)
-        anchors, level_sizes = self._anchors(features)
+        anchors, level_sizes = self._anchors(features, batch.shape[-2:])
         if self.training:
             return self.compute_loss(cls_logits, box_deltas, anchors, *gt)
         image_sizes = torch.tensor(sizes, dtype=torch.int64, device=batch.device)
         return self.detect(cls_logits, box_deltas, anchors, level_sizes, image_sizes)
 
-    def _anchors(self, features: List[Tensor]) -> Tuple[Tensor, List[int]]:
-        return self.anchor_generator([tuple(f.shape[-2:]) for f in features], device=features[0].device)
+    def _anchors(self, features: List[Tensor], padded_size) -> Tuple[Tensor, List[int]]:
+        return self.anchor_generator(
+            [tuple(f.shape[-2:]) for f in features], device=features[0].device, image_size=tuple(padded_size)
+        )
 
     def compute_loss(
         self,

@@ -1,7 +1,7 @@
 """RetinaNet anchors for the pyramid levels P3-P7 (torchvision's AnchorGenerator convention)."""
 
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -19,7 +19,10 @@ class AnchorGenerator:
     - the cell anchors of a level are ``round(stack([-ws, -hs, ws, hs]) / 2)`` with
       ``hs = sqrt(r) * size`` and ``ws = size / sqrt(r)``, ordered ratio-major, size-minor;
     - the anchors of a location are the cell anchors shifted by ``(x * stride, y * stride)``
-      (the top-left corner of the cell, not its centre).
+      (the top-left corner of the cell, not its centre). Given the (padded) ``image_size``,
+      the stride of a level is torchvision's ``image_size // feature_size`` per axis instead:
+      the same for a multiple of the largest stride, e.g. 61 and not 64 for P6 of an 800 px
+      input - the strides torchvision's detectors were trained with.
 
     Anchors are ordered level, then y, then x, then cell anchor: ``[A, 4]`` with
     ``A = sum_l H_l * W_l * len(ratios) * len(scales)``, as ``(x1, y1, x2, y2)``.
@@ -74,9 +77,14 @@ class AnchorGenerator:
         return (torch.stack([-ws, -hs, ws, hs], dim=1) / 2).round()
 
     def __call__(
-        self, feature_sizes: Sequence[Tuple[int, int]], device=None, dtype: torch.dtype = torch.float32
+        self,
+        feature_sizes: Sequence[Tuple[int, int]],
+        device=None,
+        dtype: torch.dtype = torch.float32,
+        image_size: Optional[Tuple[int, int]] = None,
     ) -> Tuple[Tensor, List[int]]:
-        """Anchors for feature maps of the given ``(height, width)`` per level.
+        """Anchors for feature maps of the given ``(height, width)`` per level (of an input of
+        ``image_size = (height, width)`` pixels, if given: torchvision's strides).
 
         Returns:
             (Tensor[A, 4], list[int]): the anchors and the number of anchors of each level.
@@ -90,10 +98,14 @@ class AnchorGenerator:
                 "AnchorGenerator: feature_sizes must give one (height, width) per level "
                 f"({len(self.strides)}), got {len(sizes)}"
             )
+        if image_size is None:
+            strides = tuple((s, s) for s in self.strides)
+        else:
+            strides = tuple((int(image_size[0]) // h, int(image_size[1]) // w) for h, w in sizes)
         device = torch.device(device if device is not None else "cpu")
-        key = (sizes, device, dtype)
+        key = (sizes, strides, device, dtype)
         if key not in self._cache:
-            self._cache[key] = self._build(sizes, device, dtype)
+            self._cache[key] = self._build(sizes, strides, device, dtype)
         anchors, level_sizes = self._cache[key]
         return anchors, list(level_sizes)
 
@@ -105,12 +117,12 @@ class AnchorGenerator:
         multiple of the largest stride)."""
         return self([(math.ceil(height / s), math.ceil(width / s)) for s in self.strides], device, dtype)
 
-    def _build(self, sizes, device, dtype):
+    def _build(self, sizes, strides, device, dtype):
         levels, counts = [], []
-        for level, ((h, w), stride) in enumerate(zip(sizes, self.strides)):
+        for level, ((h, w), (stride_y, stride_x)) in enumerate(zip(sizes, strides)):
             base = self.cell_anchors(level, device, dtype)
-            shifts_x = torch.arange(0, w, dtype=torch.int32, device=device) * stride
-            shifts_y = torch.arange(0, h, dtype=torch.int32, device=device) * stride
+            shifts_x = torch.arange(0, w, dtype=torch.int32, device=device) * stride_x
+            shifts_y = torch.arange(0, h, dtype=torch.int32, device=device) * stride_y
             shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
             shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
             shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1).to(dtype)
