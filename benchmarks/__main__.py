@@ -24,6 +24,7 @@ COLUMNS = [
     "size",
     "ms",
     "speedup",
+    "vs_torchvision",
     "melem_per_s",
     "gbps",
     "pct_copy_bw",
@@ -105,6 +106,7 @@ def main(argv=None) -> int:
             print(f"== {family} on {device} ({common.device_name(device)})", flush=True)
             new = module.run(device, args.quick)
             common.add_speedups(new)
+            common.add_speedups(new, baseline="torchvision", column="vs_torchvision")
             print(_table(new), flush=True)
             rows += new
         tag = "cuda" if device.startswith("cuda") else "cpu"

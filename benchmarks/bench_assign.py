@@ -1,4 +1,5 @@
-"""Anchor assignment (fused focalops.assign vs per-image box_iou + Matcher) and RetinaNet targets.
+"""Anchor assignment (fused focalops.assign vs per-image box_iou + Matcher: the pure-PyTorch
+reference and, where installed, torchvision's own) and RetinaNet targets.
 
 Peak memory is reported on CUDA (extra bytes over the inputs). The reference materialises
 the A x G IoU matrix per image (A * G * 4 bytes, plus temporaries); focalops needs
@@ -32,40 +33,48 @@ def _inputs(B: int, A: int, G: int, device: str, seed: int = 0):
     return anchors.to(device), gt.to(device), counts.to(device), labels.to(device)
 
 
-def _case(
-    rows: List[Dict], B: int, A: int, G: int, device: str, quick: bool, with_reference: bool = True
-) -> None:
+def _torchvision_assign():
+    """torchvision's own matching: box_iou + Matcher(0.5, 0.4, allow_low_quality_matches=True) per image."""
+    try:
+        from torchvision.models.detection._utils import Matcher
+        from torchvision.ops import box_iou
+    except Exception:  # torchvision absent
+        return None
+    matcher = Matcher(0.5, 0.4, allow_low_quality_matches=True)
+
+    def assign(anchors, gt, counts):
+        return torch.stack([matcher(box_iou(gt[b, : int(counts[b])], anchors)) for b in range(gt.shape[0])])
+
+    return assign
+
+
+def _case(rows: List[Dict], B: int, A: int, G: int, device: str, quick: bool, with_reference: bool = True) -> None:
     anchors, gt, counts, labels = _inputs(B, A, G, device)
     size = f"B={B} A={A} G={G}"
     repeat = 3 if quick else 10
     impls = {"focalops": focalops.assign}
     if with_reference:
         impls["reference"] = reference.assign
+        if _torchvision_assign() is not None:
+            impls["torchvision"] = _torchvision_assign()
     results = {}
     for impl, fn in impls.items():
         try:
             t = common.measure(lambda fn=fn: fn(anchors, gt, counts), device, warmup=1, repeat=repeat)
             peak = common.peak_memory(lambda fn=fn: fn(anchors, gt, counts), device)
         except torch.cuda.OutOfMemoryError:
-            rows[-1]["note"] = (
-                f"reference ran out of memory (its IoU matrix alone is {A * G * 4 / 2**30:.1f} GiB)"
-            )
+            rows[-1]["note"] = f"reference ran out of memory (its IoU matrix alone is {A * G * 4 / 2**30:.1f} GiB)"
             with_reference = False
             break
         results[impl] = fn(anchors, gt, counts)
         rows.append(
-            common.row(
-                "assign", impl, "forward", device, "float32", size, t, elements=B * A * G, peak_bytes=peak
-            )
+            common.row("assign", impl, "forward", device, "float32", size, t, elements=B * A * G, peak_bytes=peak)
         )
-    if "reference" in results:
-        assert torch.equal(results["focalops"], results["reference"]), (
-            "focalops.assign disagrees with the reference"
-        )
-    else:
-        rows[-1]["note"] = (
-            f"reference skipped: its IoU matrix alone is A*G*4 = {A * G * 4 / 2**30:.1f} GiB per image"
-        )
+    for impl in ("reference", "torchvision"):
+        if impl in results:
+            assert torch.equal(results["focalops"], results[impl]), f"focalops.assign disagrees with {impl}"
+    if "reference" not in results:
+        rows[-1]["note"] = f"reference skipped: its IoU matrix alone is A*G*4 = {A * G * 4 / 2**30:.1f} GiB per image"
 
     matched = results["focalops"]
     for impl, fn in (("focalops", focalops.retinanet_targets), ("reference", reference.retinanet_targets)):
@@ -73,9 +82,7 @@ def _case(
             continue
         t = common.measure(lambda fn=fn: fn(matched, gt, labels, anchors), device, warmup=1, repeat=repeat)
         peak = common.peak_memory(lambda fn=fn: fn(matched, gt, labels, anchors), device)
-        rows.append(
-            common.row("retinanet_targets", impl, "forward", device, "float32", size, t, peak_bytes=peak)
-        )
+        rows.append(common.row("retinanet_targets", impl, "forward", device, "float32", size, t, peak_bytes=peak))
 
 
 def run(device: str, quick: bool) -> List[Dict]:

@@ -8,6 +8,8 @@ reference NMS is a Python loop over kept boxes; it is skipped where one call wou
 longer than ~20 s (noted in the row).
 """
 
+import types
+
 import torch
 
 import focalops
@@ -22,9 +24,33 @@ REFERENCE_MAX_BOXES = {"cpu": 5_000, "cuda": 5_000}
 def _torchvision_ops():
     try:
         from torchvision.ops import batched_nms, nms
-    except Exception:  # torchvision absent (e.g. the CPU dev machine)
+    except Exception:  # torchvision absent
         return None
     return nms, batched_nms
+
+
+def _torchvision_postprocess(logits, deltas, anchors, level_sizes, image_sizes):
+    """torchvision's RetinaNet.postprocess_detections on the same inputs (split per level and
+    image as its forward does), with its default settings; None without torchvision."""
+    try:
+        from torchvision.models.detection import RetinaNet
+        from torchvision.models.detection._utils import BoxCoder
+    except Exception:
+        return None
+    settings = types.SimpleNamespace(
+        box_coder=BoxCoder(weights=(1.0, 1.0, 1.0, 1.0)),
+        score_thresh=0.05,
+        topk_candidates=1000,
+        nms_thresh=0.5,
+        detections_per_img=100,
+    )
+    head_outputs = {
+        "cls_logits": list(logits.split(level_sizes, 1)),
+        "bbox_regression": list(deltas.split(level_sizes, 1)),
+    }
+    per_image = [list(anchors.split(level_sizes))] * logits.shape[0]
+    shapes = [tuple(int(v) for v in hw) for hw in image_sizes.tolist()]
+    return lambda: RetinaNet.postprocess_detections(settings, head_outputs, per_image, shapes)
 
 
 def _boxes(n, device, num_classes=1, seed=0):
@@ -93,10 +119,15 @@ def run(device: str, quick: bool):
     args = _postprocess_inputs(num_images, num_anchors, 80, device)
     size = f"{num_images} img x {num_anchors} anchors x 80 cls"
     logits_bytes = args[0].numel() * args[0].element_size()
-    for impl, fn in (
-        ("focalops", lambda: focalops.postprocess(*args)),
-        ("reference", lambda: reference.postprocess(*args)),
-    ):
+    impls = [("focalops", lambda: focalops.postprocess(*args)), ("reference", lambda: reference.postprocess(*args))]
+    tv_post = _torchvision_postprocess(*args)
+    if tv_post is not None:
+        impls.append(("torchvision", tv_post))
+        want, got = tv_post(), focalops.postprocess(*args)
+        for b, det in enumerate(want):  # same detections, checked in the same run
+            n = int(got[3][b])
+            assert n == det["boxes"].shape[0] and torch.equal(got[2][b, :n], det["labels"]), "postprocess differs"
+    for impl, fn in impls:
         t = common.measure(fn, device, **reps)
         rows.append(
             common.row(

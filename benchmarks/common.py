@@ -165,10 +165,10 @@ def row(
     return r
 
 
-def add_speedups(rows: List[Dict], baseline: str = "reference") -> None:
-    """speedup = baseline ms / row ms for rows sharing (op, pass, device, dtype, size)."""
+def add_speedups(rows: List[Dict], baseline: str = "reference", column: str = "speedup") -> None:
+    """row[column] = baseline ms / row ms for rows sharing (op, pass, device, dtype, size)."""
     base = {(r["op"], r["pass"], r["device"], r["dtype"], r["size"]): r["ms"] for r in rows if r["impl"] == baseline}
     for r in rows:
         key = (r["op"], r["pass"], r["device"], r["dtype"], r["size"])
         if key in base and r["impl"] != baseline:
-            r["speedup"] = round(base[key] / r["ms"], 2)
+            r[column] = round(base[key] / r["ms"], 2)

@@ -50,14 +50,16 @@ def test_many_boxes_infinite_coordinates():
     torch.testing.assert_close(focalops.nms(boxes, scores, 0.5), reference.nms(boxes, scores, 0.5), rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("num_classes", [1, 5, 1000])
+@pytest.mark.parametrize("num_classes", [1, 5, 1000, 10**6])
 @pytest.mark.parametrize("seed", range(3))
-def test_batched_nms_matches_reference(device, num_classes, seed):
+@pytest.mark.parametrize("offset", [0, -500, 2**50])  # class ids: 0-based, negative, huge
+def test_batched_nms_matches_reference(device, num_classes, seed, offset):
+    # Up to 1000 classes the CPU groups by counting; 10**6 classes spread wider than that.
     n = 600
     boxes = random_boxes(n, seed, device=device)
     g = torch.Generator().manual_seed(seed + 11)
     scores = torch.rand(n, generator=g).to(device)
-    idxs = torch.randint(0, num_classes, (n,), generator=g).to(device)
+    idxs = (torch.randint(0, num_classes, (n,), generator=g) + offset).to(device)
     keep = focalops.batched_nms(boxes, scores, idxs, 0.4)
     expected = reference.batched_nms(boxes.cpu(), scores.cpu(), idxs.cpu(), 0.4)
     torch.testing.assert_close(keep.cpu(), expected, rtol=0, atol=0)

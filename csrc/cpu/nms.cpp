@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <numeric>
 #include <type_traits>
@@ -120,23 +121,61 @@ void greedy_nms(cpu::Columns c, int64_t n, float thr, uint8_t* keep) {
 // Indices of the kept boxes in decreasing score order (ties: lower index first), at most
 // max_keep of them. Boxes of different classes never suppress each other (classes may be
 // null: one class).
+// Unsigned key whose ascending order is the descending order of the score (NaN excluded;
+// -0 and +0 tie, as they compare equal).
+inline uint64_t descending_key(float s) {
+  uint32_t bits;
+  s += 0.f;  // -0 -> +0
+  std::memcpy(&bits, &s, sizeof(bits));
+  const uint32_t ascending = (bits >> 31) ? ~bits : bits | 0x80000000u;
+  return ~ascending;
+}
+inline uint64_t descending_key(double s) {
+  uint64_t bits;
+  s += 0.0;
+  std::memcpy(&bits, &s, sizeof(bits));
+  const uint64_t ascending = (bits >> 63) ? ~bits : bits | (uint64_t(1) << 63);
+  return ~ascending;
+}
+
 template <typename S>
 std::vector<int64_t> nms_core(const float* boxes, const S* scores, const int64_t* classes, int64_t n, float thr,
                               int64_t max_keep) {
+  // order: indices by (score desc, index asc). Sorting (key, index) pairs compares in registers,
+  // not through the score array: the sorts were most of batched NMS's time.
+  std::vector<std::pair<uint64_t, int64_t>> ranked(n);
+  for (int64_t i = 0; i < n; ++i) ranked[i] = {descending_key(scores[i]), i};
+  std::sort(ranked.begin(), ranked.end());
   std::vector<int64_t> order(n);
-  std::iota(order.begin(), order.end(), 0);
-  std::sort(order.begin(), order.end(),
-            [scores](int64_t a, int64_t b) { return scores[a] > scores[b] || (scores[a] == scores[b] && a < b); });
+  for (int64_t p = 0; p < n; ++p) order[p] = ranked[p].second;
   // pos: positions in `order`, grouped by class, each group in score order.
   std::vector<int64_t> pos(n);
-  std::iota(pos.begin(), pos.end(), 0);
   std::vector<int64_t> starts{0};
-  if (classes != nullptr) {
-    std::stable_sort(pos.begin(), pos.end(),
-                     [&](int64_t a, int64_t b) { return classes[order[a]] < classes[order[b]]; });
-    for (int64_t p = 1; p < n; ++p) {
-      if (classes[order[pos[p]]] != classes[order[pos[p - 1]]]) starts.push_back(p);
+  const bool grouped = classes != nullptr && n > 0;
+  const int64_t min_class = grouped ? *std::min_element(classes, classes + n) : 0;
+  const uint64_t span = grouped ? uint64_t(*std::max_element(classes, classes + n)) - uint64_t(min_class) : 0;
+  if (grouped && span < uint64_t(n) + 4096) {
+    // Class ids in a small range (the usual 0..K-1): a counting sort, stable by position.
+    std::vector<int64_t> offset(span + 1, 0);
+    for (int64_t i = 0; i < n; ++i) ++offset[classes[i] - min_class];
+    int64_t run = 0;
+    for (uint64_t c = 0; c <= span; ++c) {
+      const int64_t count = offset[c];
+      offset[c] = run;
+      if (count > 0 && run > 0) starts.push_back(run);
+      run += count;
     }
+    for (int64_t p = 0; p < n; ++p) pos[offset[classes[order[p]] - min_class]++] = p;
+  } else if (grouped) {
+    std::vector<std::pair<int64_t, int64_t>> by_class(n);  // (class, position): sorted, stable by position
+    for (int64_t p = 0; p < n; ++p) by_class[p] = {classes[order[p]], p};
+    std::sort(by_class.begin(), by_class.end());
+    for (int64_t p = 0; p < n; ++p) {
+      pos[p] = by_class[p].second;
+      if (p > 0 && by_class[p].first != by_class[p - 1].first) starts.push_back(p);
+    }
+  } else {
+    std::iota(pos.begin(), pos.end(), 0);
   }
   starts.push_back(n);
   std::vector<uint8_t> keep(n, 0);
