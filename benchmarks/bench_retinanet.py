@@ -1,12 +1,17 @@
 """The thin RetinaNet end to end: a training step and the post-processing, on focalops ops vs
 the same model (same weights, same inputs) on focalops.reference ops; plus the loss pieces
 (assignment, target building, focal loss forward + backward) timed alone on the step's own
-tensors, with their share of the step."""
+tensors, with their share of the step. Where torchvision is installed (full runs), also
+torchvision's retinanet_resnet50_fpn against focalops' RetinaNet with its weights
+(RetinaNet.from_torchvision) and against itself under focalops.accelerate: the training step,
+the loss with matching (compute_loss) and its share, and inference."""
 
+import copy
 from typing import Dict, List
 
 import torch
 
+import focalops
 from benchmarks import common
 from focalops.models import RetinaNet
 
@@ -116,7 +121,7 @@ def run(device: str, quick: bool) -> List[Dict]:
         features = model.fpn(model.backbone(batch_t))
         cls_logits = model.classification_head(features)
         box_deltas = model.regression_head(features)
-        anchors, level_sizes = model._anchors(features)
+        anchors, level_sizes = model._anchors(features, batch_t.shape[-2:])
     case = {
         "device": device,
         "amp": amp,
@@ -145,4 +150,83 @@ def run(device: str, quick: bool) -> List[Dict]:
     rows: List[Dict] = []
     for impl in impls:
         rows += _bench_impl(model, impl, case, steps[impl])
+    if not quick:
+        rows += _torchvision_rows(device)
+    return rows
+
+
+def _torchvision_rows(device: str) -> List[Dict]:
+    """torchvision's RetinaNet-R50 (v1) vs focalops' model with its weights vs it accelerated."""
+    try:
+        from torchvision.models.detection import retinanet_resnet50_fpn
+    except Exception:  # torchvision absent
+        return []
+    batch, size, amp = (16, 800, True) if device.startswith("cuda") else (2, 512, False)
+    torch.manual_seed(0)
+    tv = retinanet_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=NUM_CLASSES, min_size=size, max_size=size
+    ).to(device)
+    models = {
+        "torchvision": tv,
+        "focalops": RetinaNet.from_torchvision(tv).to(device),
+        "torchvision+accelerate": focalops.accelerate(copy.deepcopy(tv)),
+    }
+    images, targets = _inputs(batch, size, device)
+    image_list = list(images)
+    targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+    shape = f"resnet50 {batch}x{size}x{size} K={NUM_CLASSES}"
+    dtype = "bf16-amp" if amp else "float32"
+    repeat = 5
+
+    def step_fn(model):
+        optimizer = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
+
+        def step():
+            with _autocast(device, amp):
+                losses = model(image_list, targets)
+            optimizer.zero_grad(set_to_none=True)
+            sum(losses.values()).backward()
+            optimizer.step()
+
+        return step
+
+    steps: Dict[str, Dict] = {}
+    for model in models.values():
+        model.train()
+    for _ in range(2):  # alternately, keeping each one's better median (shared machines)
+        for impl, model in models.items():
+            t = common.measure(step_fn(model), device, warmup=1, repeat=repeat, max_seconds=60)
+            if impl not in steps or t["ms"] < steps[impl]["ms"]:
+                steps[impl] = t
+    rows = []
+    for impl, t in steps.items():
+        rows.append(
+            common.row(
+                "r50_train_step", impl, "fwd+bwd", device, dtype, shape, t,
+                note=f"{batch / (t['ms'] * 1e-3):.2f} img/s",
+            )
+        )  # fmt: skip
+
+    # The loss with matching alone, on one step's head outputs: torchvision's and accelerated.
+    with torch.no_grad(), _autocast(device, amp):
+        image_batch, tv_targets = tv.transform(image_list, targets)
+        features = list(tv.backbone(image_batch.tensors).values())
+        head_outputs = tv.head(features)
+        anchors = tv.anchor_generator(image_batch, features)
+    for impl in ("torchvision", "torchvision+accelerate"):
+        model = models[impl]
+        t = common.measure(lambda m=model: m.compute_loss(tv_targets, head_outputs, anchors), device, repeat=repeat)
+        share = 100 * t["ms"] / steps[impl]["ms"]
+        rows.append(
+            common.row(
+                "r50_compute_loss", impl, "fwd", device, dtype, shape, t,
+                note=f"matching + losses: {share:.1f}% of the step",
+            )
+        )  # fmt: skip
+
+    for impl, model in models.items():
+        model.eval()
+        with torch.no_grad(), _autocast(device, amp):
+            t = common.measure(lambda m=model: m(image_list), device, warmup=1, repeat=repeat, max_seconds=60)
+        rows.append(common.row("r50_inference", impl, "fwd", device, dtype, shape, t))
     return rows
