@@ -134,3 +134,23 @@ def test_accelerate_rejects_other_models():
     v2 = detection.retinanet_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=3)
     with pytest.raises(ValueError, match="box loss 'giou'"):
         focalops.accelerate(v2)
+
+
+def test_accelerated_loss_and_postprocess_compile():
+    """The patched methods trace under torch.compile (aot_eager: graph capture, not codegen)."""
+    tv = focalops.accelerate(_torchvision_model())
+    images, targets = tv.transform(_images(), _targets())
+    with torch.no_grad():
+        features = list(tv.backbone(images.tensors).values())
+        head_outputs = tv.head(features)
+    anchors = tv.anchor_generator(images, features)
+    want = tv.compute_loss(targets, head_outputs, anchors)
+    got = torch.compile(tv.compute_loss, backend="aot_eager")(targets, head_outputs, anchors)
+    for k in want:
+        torch.testing.assert_close(got[k], want[k])
+    per_level = [f.shape[-2] * f.shape[-1] * 9 for f in features]
+    split = {k: list(v.split(per_level, dim=1)) for k, v in head_outputs.items()}
+    split_anchors = [list(a.split(per_level)) for a in anchors]
+    want = tv.postprocess_detections(split, split_anchors, images.image_sizes)
+    got = torch.compile(tv.postprocess_detections, backend="aot_eager")(split, split_anchors, images.image_sizes)
+    _assert_same_detections(got, want)
