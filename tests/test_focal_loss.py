@@ -395,3 +395,134 @@ def test_cuda_bad_label_is_a_device_assert():
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "assert" in (proc.stderr + proc.stdout).lower()
+
+
+# --- CUDA kernel paths: alignment, grid-stride repeats, 32-bit chunks, broadcast gradients ----
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+_TOL = {torch.float32: dict(rtol=1e-5, atol=1e-6), torch.float16: {}, torch.bfloat16: {}}
+
+
+def _loss_and_grad(x, targets, reduction, grad_out=None, **kw):
+    x = x.detach().requires_grad_()
+    loss = focalops.sigmoid_focal_loss(x, targets, 0.25, 2.0, reduction, **kw)
+    (g,) = torch.autograd.grad(loss, x, grad_outputs=grad_out if grad_out is not None else torch.ones_like(loss))
+    return loss.detach(), g
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("K", [1, 3, 7, 80])
+@pytest.mark.parametrize("offset", [1, 2, 3])
+def test_cuda_unaligned_view_matches_aligned_and_cpu(dtype, K, offset):
+    """`x.view(-1)[offset:]`: packs start after a peeled head; an input aligned differently from
+    the output is read element by element. Elementwise results do not depend on the alignment."""
+    rows = 1237  # odd: the tail is not a whole pack either
+    base = _inputs((rows * K + offset,), "cuda", dtype=torch.float32).to(dtype)
+    x = base[offset:].view(rows, K)
+    assert x.data_ptr() % 16 != 0
+    labels = _labels((rows,), K, "cuda", low=-2)
+    soft = torch.rand(rows * K + 5, device="cuda", dtype=dtype)[5:].view(rows, K)  # misaligned unlike x
+    gbase = torch.randn(rows * K + 2, device="cuda", dtype=dtype)
+    grad_out = gbase[2:].view(rows, K)  # an incoming gradient aligned unlike the output
+    for targets in (labels, soft):
+        for reduction, g_in in (("none", grad_out), ("none", None), ("sum", None)):
+            got, g_got = _loss_and_grad(x, targets, reduction, g_in)
+            ref, g_ref = _loss_and_grad(
+                x.contiguous().clone(), targets.clone(), reduction, None if g_in is None else g_in.clone()
+            )
+            if reduction == "none":
+                assert torch.equal(got, ref)  # same per-element math wherever the packs start
+            else:
+                torch.testing.assert_close(got, ref, **_TOL[dtype])  # other pack partition
+            assert torch.equal(g_got, g_ref)
+            cpu, g_cpu = _loss_and_grad(x.cpu(), targets.cpu(), reduction, None if g_in is None else g_in.cpu())
+            torch.testing.assert_close(got.cpu(), cpu, **_TOL[dtype])
+            torch.testing.assert_close(g_got.cpu(), g_cpu, **_TOL[dtype])
+
+
+@needs_cuda
+@pytest.mark.parametrize("K", [80, 91])
+def test_cuda_large_input_matches_cpu_and_sums_are_bit_identical(K):
+    """> 1M elements: several grid-stride steps per thread (the grid is one wave of resident
+    blocks); the sum agrees with the CPU and is bit-identical from run to run."""
+    rows = 60_000  # 4.8M / 5.5M elements
+    x = _inputs((rows, K), "cpu", dtype=torch.float32, scale=3.0)
+    labels = _labels((rows,), K, "cpu", low=-2)
+    cpu, g_cpu = _loss_and_grad(x, labels, "sum")
+    xc, lc = x.cuda(), labels.cuda()
+    runs = [_loss_and_grad(xc, lc, "sum") for _ in range(3)]
+    for loss, g in runs[1:]:
+        assert torch.equal(loss, runs[0][0]) and torch.equal(g, runs[0][1])
+    torch.testing.assert_close(runs[0][0].cpu(), cpu, rtol=1e-5, atol=0)
+    torch.testing.assert_close(runs[0][1].cpu(), g_cpu, rtol=1e-5, atol=1e-7)
+    none, g_none = _loss_and_grad(xc, lc, "none")
+    torch.testing.assert_close(none.cpu(), focalops.sigmoid_focal_loss(x, labels), rtol=1e-5, atol=1e-6)
+
+
+@needs_cuda
+def test_cuda_broadcast_gradient_is_not_materialised():
+    """`loss(reduction="none").sum()` hands the backward a stride-0 gradient: it is read as one
+    scalar (same gradient as reduction="sum"), without a numel-sized copy."""
+    x = _inputs((50_000, 80), "cuda", dtype=torch.float32).requires_grad_()
+    labels = _labels((50_000,), 80, "cuda")
+    (g_sum,) = torch.autograd.grad(focalops.sigmoid_focal_loss(x, labels, reduction="sum"), x)
+    loss = focalops.sigmoid_focal_loss(x, labels).sum()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    (g,) = torch.autograd.grad(loss, x)
+    torch.cuda.synchronize()
+    nbytes = x.numel() * x.element_size()
+    assert torch.cuda.max_memory_allocated() - before < nbytes + (1 << 20)  # the gradient itself, no copy
+    assert torch.equal(g, g_sum)
+    # A gradient broadcast along some dimensions only is an ordinary (copied) gradient.
+    (g_rows,) = torch.autograd.grad(
+        focalops.sigmoid_focal_loss(x, labels), x, torch.ones(50_000, 1, device="cuda").expand(-1, 80)
+    )
+    assert torch.equal(g_rows, g_sum)
+
+
+@needs_cuda
+def test_cuda_over_2_30_elements_run_in_32_bit_chunks():
+    """Over 2^30 elements a launch covers one 2^30-element chunk (32-bit indices); chunk starts
+    fall mid-row and mid-pack. Elements equal the same elements computed on their own rows."""
+    K = 91
+    rows = (1 << 30) // K + 1000  # 2^30 + ~90k elements in bfloat16 (2 GB)
+    if torch.cuda.mem_get_info()[0] < 12 * (1 << 30):
+        pytest.skip("needs 12 GB of free GPU memory")
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = (torch.randn(rows, K, device="cuda", generator=g) * 3).to(torch.bfloat16)
+    labels = torch.randint(-2, K, (rows,), device="cuda", generator=g)
+    total = focalops.sigmoid_focal_loss(x, labels, reduction="sum")
+    split = (1 << 30) // K  # the row holding element 2^30
+    parts = focalops.sigmoid_focal_loss(x[:split], labels[:split], reduction="sum").float() + (
+        focalops.sigmoid_focal_loss(x[split:], labels[split:], reduction="sum").float()
+    )
+    torch.testing.assert_close(total.float(), parts, rtol=1e-5, atol=0)
+    tail = slice(split - 2, split + 3)
+    none = focalops.sigmoid_focal_loss(x, labels)
+    assert torch.equal(none[tail], focalops.sigmoid_focal_loss(x[tail].clone(), labels[tail].clone()))
+    del none
+    xg = x.requires_grad_()
+    (grad,) = torch.autograd.grad(focalops.sigmoid_focal_loss(xg, labels, reduction="sum"), xg)
+    (grad_tail,) = torch.autograd.grad(focalops.sigmoid_focal_loss(xg[tail], labels[tail], reduction="sum"), xg)
+    assert torch.equal(grad[tail], grad_tail[tail])
+
+
+@needs_cuda
+def test_cuda_bad_label_mid_pack_is_a_device_assert():
+    import subprocess
+    import sys
+
+    # K = 3: the bad row starts inside a 16-byte pack, where the kernel loads the next row's label.
+    code = (
+        "import torch, focalops\n"
+        "x = torch.randn(64, 3, device='cuda')\n"
+        "t = torch.zeros(64, dtype=torch.long, device='cuda')\n"
+        "t[5] = 3\n"
+        "focalops.sigmoid_focal_loss(x, t, reduction='sum')\n"
+        "torch.cuda.synchronize()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "assert" in (proc.stderr + proc.stdout).lower()

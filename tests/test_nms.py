@@ -216,22 +216,60 @@ def test_cuda_kernels_registered():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"focalops::{op}", "CUDA")
 
 
-NMS_INSTANTIATIONS = """
-#include "cuda/nms.cuh"
-namespace fc = focalops::cuda;
-#define FO_NMS(M) template cudaError_t fc::launch_nms<M>(const float*, const int64_t*, int64_t, float, uint64_t*, \\
-    uint64_t*, uint8_t*, cudaStream_t);
-FO_NMS(fc::kNoClasses)
-FO_NMS(fc::kSortedClasses)
-#define FO_CAND(L, T) template cudaError_t fc::launch_candidates<L, T>(const L*, const int64_t*, int64_t, int64_t, \\
-    const T*, const T*, const T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, T, T, T*, float*, T*, \\
-    int64_t*, int64_t*, cudaStream_t);
-FO_CAND(float, float)
-FO_CAND(double, double)
-FO_CAND(__half, float)
-FO_CAND(__nv_bfloat16, float)
-#define FO_PP(T) template cudaError_t fc::launch_postprocess_nms<T>(const float*, const T*, const T*, \\
-    const int64_t*, int64_t, int64_t, int64_t, float, uint64_t*, T*, T*, int64_t*, int64_t*, cudaStream_t);
-FO_PP(float)
-FO_PP(double)
-"""
+# --- CUDA: large inputs and the tiled bitmask ---------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def _crowd(n, seed, classes=None):
+    """n boxes in a crowded scene (many overlaps at every threshold), distinct scores."""
+    g = torch.Generator().manual_seed(seed)
+    ctr = torch.rand(n, 2, generator=g) * 1500
+    side = 10 + torch.rand(n, 2, generator=g) * 80
+    boxes = torch.cat([ctr - side / 2, ctr + side / 2], 1)
+    scores = torch.randperm(n, generator=g).float() / n
+    idxs = None if classes is None else torch.randint(0, classes, (n,), generator=g)
+    return boxes, scores, idxs
+
+
+@needs_cuda
+@pytest.mark.parametrize("n", [20_000, 50_000])
+def test_cuda_many_boxes_match_cpu(n):
+    """> 16,384 boxes; 50,000 needs two mask tiles at the default 256 MiB budget."""
+    boxes, scores, idxs = _crowd(n, 0, classes=20)
+    for thr in (0.3, 0.7):
+        want = focalops.nms(boxes, scores, thr)
+        got = focalops.nms(boxes.cuda(), scores.cuda(), thr)
+        assert torch.equal(got.cpu(), want)
+        want = focalops.batched_nms(boxes, scores, idxs, thr)
+        got = focalops.batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), thr)
+        assert torch.equal(got.cpu(), want)
+
+
+@needs_cuda
+@pytest.mark.parametrize("n", [1, 63, 64, 65, 1000, 3001])
+def test_cuda_tiled_mask_matches_cpu(monkeypatch, n):
+    """A 64 KiB tile budget splits the mask of a few thousand boxes into tiles of 11 blocks:
+    boxes kept in earlier tiles suppress later ones without their mask ever being stored."""
+    boxes, scores, idxs = _crowd(n, n, classes=3)
+    scores[: n // 3] = scores[: n // 3].round()  # ties too: lower index first
+    monkeypatch.setenv("FOCALOPS_NMS_TILE_BYTES", str(64 << 10))
+    for thr in (0.0, 0.5):
+        assert torch.equal(focalops.nms(boxes.cuda(), scores.cuda(), thr).cpu(), focalops.nms(boxes, scores, thr))
+        assert torch.equal(
+            focalops.batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), thr).cpu(),
+            focalops.batched_nms(boxes, scores, idxs, thr),
+        )
+
+
+@needs_cuda
+def test_cuda_mask_beyond_memory_is_a_clear_error(monkeypatch):
+    """With the tile budget lifted, 2M boxes would need one 500 GB mask: the allocation failure
+    says what it was for instead of a bare out-of-memory."""
+    monkeypatch.setenv("FOCALOPS_NMS_TILE_BYTES", str(1 << 50))
+    boxes, scores, _ = _crowd(2_000_000, 1)
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="NMS bitmask tile of 2000000 boxes"):
+        focalops.nms(boxes.cuda(), scores.cuda(), 0.5)
+    monkeypatch.setenv("FOCALOPS_NMS_TILE_BYTES", "lots")
+    with pytest.raises(RuntimeError, match="FOCALOPS_NMS_TILE_BYTES must be a positive integer"):
+        focalops.nms(boxes[:10].cuda(), scores[:10].cuda(), 0.5)

@@ -207,3 +207,64 @@ def test_cpp_checks():
         torch.ops.focalops.postprocess(logits, deltas, anchors, [1, 2], sizes, 0.05, 10, 0.5, 10)
     with pytest.raises(RuntimeError, match="box_deltas, anchors and image_sizes must be"):
         torch.ops.focalops.postprocess(logits, deltas.double(), anchors, ls, sizes, 0.05, 10, 0.5, 10)
+
+
+# --- CUDA: RetinaNet size and the tiled NMS bitmask ----------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def retinanet_size_inputs(num_images=2, num_classes=80, seed=0, device="cpu"):
+    """A 640 x 1024 input: 122,760 anchors x 80 classes. Each (image, level) has 1,200 candidate
+    logits (evenly spaced, so scores are distinct far beyond an ulp) at random (anchor, class)
+    positions over a background below the threshold: M = 5 x 1,000 candidates per image."""
+    feature_sizes = [(80, 128), (40, 64), (20, 32), (10, 16), (5, 8)]
+    anchors, level_sizes = focalops.AnchorGenerator()(feature_sizes)
+    num_anchors = anchors.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.full((num_images, num_anchors, num_classes), -8.0)
+    start = 0
+    for level, n in enumerate(level_sizes):
+        for b in range(num_images):
+            pos = torch.randperm(n * num_classes, generator=g)[:1200]
+            vals = torch.linspace(-2.0, 6.0, 1200)[torch.randperm(1200, generator=g)] + 1e-3 * level
+            logits[b, start : start + n].view(-1)[pos] = vals
+        start += n
+    deltas = torch.randn(num_images, num_anchors, 4, generator=g) * 0.2
+    sizes = torch.tensor([[640.0, 1024.0]] * num_images)
+    return [t.to(device) for t in (logits, deltas, anchors)] + [level_sizes, sizes.to(device)]
+
+
+@needs_cuda
+def test_cuda_retinanet_size_matches_cpu(monkeypatch):
+    args = retinanet_size_inputs()
+    assert args[0].shape == (2, 122_760, 80) and sum(min(1000, n * 80) for n in args[3]) == 5000
+    want = focalops.postprocess(*args, 0.05, 1000, 0.5, 300)
+    assert (want[3] > 0).all()
+    cuda_args = [a.cuda() if torch.is_tensor(a) else a for a in args]
+    got = focalops.postprocess(*cuda_args, 0.05, 1000, 0.5, 300)
+    assert_matches(got, want)
+    # Tiles of 32 column blocks (1 MiB for both images) give the same detections, bit for bit.
+    monkeypatch.setenv("FOCALOPS_NMS_TILE_BYTES", str(1 << 20))
+    for a, b in zip(focalops.postprocess(*cuda_args, 0.05, 1000, 0.5, 300), got):
+        assert torch.equal(a, b)
+
+
+@needs_cuda
+@pytest.mark.parametrize(
+    "score_thresh, topk, nms_thresh, dets",
+    [(0.05, 1000, 0.5, 100), (0.2, 50, 0.3, 40), (0.0, 30, 0.7, 500), (0.6, 1000, 0.5, 1000), (0.05, 1000, 0.5, 5)],
+)
+def test_cuda_tiled_nms_matches_reference(monkeypatch, score_thresh, topk, nms_thresh, dets):
+    """A 16 KiB budget: tiles of 3 column blocks over 3 images; detections_per_img reached in an
+    early tile, padding (scores below the threshold) reached mid-tile, or neither."""
+    args = make_inputs(num_images=3, seed=1, device="cuda")
+    want = reference.postprocess(
+        *[a.cpu() if torch.is_tensor(a) else a for a in args], score_thresh, topk, nms_thresh, dets
+    )
+    whole = focalops.postprocess(*args, score_thresh, topk, nms_thresh, dets)
+    monkeypatch.setenv("FOCALOPS_NMS_TILE_BYTES", str(16 << 10))
+    got = focalops.postprocess(*args, score_thresh, topk, nms_thresh, dets)
+    assert_matches(got, want)
+    for a, b in zip(got, whole):
+        assert torch.equal(a, b)

@@ -17,6 +17,16 @@ int multiprocessors() {
   return at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
 }
 
+// A gradient that is one value broadcast to every element (stride 0 everywhere, e.g. from
+// `loss(reduction="none").sum()`), as a 0-d view of that value; else undefined.
+at::Tensor broadcast_scalar(const at::Tensor& grad) {
+  if (grad.dim() == 0 || grad.numel() == 0) return at::Tensor();
+  for (const int64_t s : grad.strides()) {
+    if (s != 0) return at::Tensor();
+  }
+  return grad.as_strided({}, {}, grad.storage_offset());
+}
+
 // mode: cuda::kFocalLoss / kFocalSum / kFocalGrad. `grad` is the incoming gradient (kFocalGrad).
 at::Tensor focal_cuda(int mode, const at::Tensor& inputs, const at::Tensor& targets, const at::Tensor& grad,
                       double alpha, double gamma, int64_t ignore_index) {
@@ -25,35 +35,37 @@ at::Tensor focal_cuda(int mode, const at::Tensor& inputs, const at::Tensor& targ
   const at::Tensor t = targets.contiguous();
   const bool hard = focal_is_index_form(t);
   const auto acc_dtype = focal_sum_dtype(x);
-  const bool grad_each = mode == cuda::kFocalGrad && grad.dim() > 0;
-  const at::Tensor g = mode != cuda::kFocalGrad ? at::Tensor()
-                       : grad_each            ? grad.to(x.scalar_type()).contiguous()
-                                              : grad.reshape({}).to(acc_dtype);
+  const int64_t K = x.dim() > 0 ? x.size(-1) : 1;
+  at::Tensor g;
+  bool grad_each = false;
+  if (mode == cuda::kFocalGrad) {
+    const at::Tensor scalar = grad.dim() == 0 ? grad : broadcast_scalar(grad);
+    grad_each = !scalar.defined();
+    g = grad_each ? grad.to(x.scalar_type()).contiguous() : scalar.to(acc_dtype);
+  }
   at::Tensor out = mode == cuda::kFocalSum ? at::empty({}, x.options().dtype(acc_dtype)) : at::empty_like(x);
   if (x.numel() == 0) return mode == cuda::kFocalSum ? out.zero_() : out;
+  TORCH_CHECK(!hard || K <= cuda::kFocalMaxClasses, "sigmoid_focal_loss: at most ", cuda::kFocalMaxClasses,
+              " classes (last dimension) with class-index targets on CUDA, got ", K);
   const int sms = multiprocessors();
   const at::Tensor partials = mode == cuda::kFocalSum
-                                  ? at::empty({cuda::kFocalMaxBlocksPerSm * sms}, x.options().dtype(acc_dtype))
+                                  ? at::empty({cuda::focal_partials(x.numel(), sms)}, x.options().dtype(acc_dtype))
                                   : at::Tensor();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sigmoid_focal_loss_cuda", [&] {
     using T = typename CudaStorage<scalar_t>::type;
     using A = typename cuda::OpMath<T>::type;
-    cuda::FocalArgs<A> args{x.numel(),
-                            x.dim() > 0 ? x.size(-1) : 1,
-                            ignore_index,
-                            static_cast<A>(alpha),
-                            static_cast<A>(gamma),
-                            (mode == cuda::kFocalGrad && !grad_each) ? g.data_ptr<A>() : nullptr};
+    const A* gs = (mode == cuda::kFocalGrad && !grad_each) ? g.data_ptr<A>() : nullptr;
     const T* tp = hard ? nullptr : reinterpret_cast<const T*>(t.data_ptr<scalar_t>());
     const int64_t* lp = hard ? t.data_ptr<int64_t>() : nullptr;
     const T* gp = grad_each ? reinterpret_cast<const T*>(g.data_ptr<scalar_t>()) : nullptr;
     T* op = mode == cuda::kFocalSum ? nullptr : reinterpret_cast<T*>(out.data_ptr<scalar_t>());
     A* sum = mode == cuda::kFocalSum ? out.data_ptr<A>() : nullptr;
     A* part = mode == cuda::kFocalSum ? partials.data_ptr<A>() : nullptr;
-    C10_CUDA_CHECK(cuda::launch_focal<T>(mode, hard, math::gamma_kind(gamma),
+    C10_CUDA_CHECK(cuda::launch_focal<T>(mode, hard, math::gamma_kind(gamma), x.numel(), K, ignore_index,
+                                         static_cast<A>(alpha), static_cast<A>(gamma), gs,
                                          reinterpret_cast<const T*>(x.data_ptr<scalar_t>()), tp, lp, gp, op, part, sum,
-                                         args, sms, stream));
+                                         sms, stream));
   });
   return out;
 }

@@ -1,7 +1,8 @@
 // NMS, batched NMS and RetinaNet post-processing, CUDA entry points: tensor plumbing around
 // cuda/nms.cuh. Sorting, top-k and gathers are ATen's (asynchronous, no host synchronisation);
 // nms / batched_nms read the kept count back (their output size depends on the data);
-// postprocess never synchronises.
+// postprocess never synchronises. The NMS bitmask is built in tiles of at most
+// cuda::kNmsTileBytes (see cuda/nms.cuh), so memory stays O(boxes) plus one tile.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -10,6 +11,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <cstdlib>
 
 #include "checks/nms.h"
 #include "cuda/nms.cuh"
@@ -22,12 +24,36 @@ uint64_t* words(const at::Tensor& t) {
   return reinterpret_cast<uint64_t*>(t.data_ptr<int64_t>());
 }
 
+// The bitmask tile budget: cuda::kNmsTileBytes, or FOCALOPS_NMS_TILE_BYTES (a testing knob: small
+// values run the tiled path on small inputs).
+int64_t tile_budget() {
+  const char* env = std::getenv("FOCALOPS_NMS_TILE_BYTES");
+  if (env == nullptr || *env == '\0') return cuda::kNmsTileBytes;
+  char* end = nullptr;
+  const long long v = std::strtoll(env, &end, 10);
+  TORCH_CHECK(end != env && *end == '\0' && v > 0, "FOCALOPS_NMS_TILE_BYTES must be a positive integer, got '", env,
+              "'");
+  return static_cast<int64_t>(v);
+}
+
+// The bitmask tile (at most the budget): a failed allocation names what it was for.
+at::Tensor mask_tile(const char* op, int64_t num_words, int64_t n, const at::TensorOptions& opts) {
+  try {
+    return at::empty({num_words}, opts.dtype(at::kLong));
+  } catch (const c10::OutOfMemoryError& e) {
+    TORCH_CHECK_WITH(OutOfMemoryError, false, op, ": no GPU memory left for the ", (num_words * 8) >> 20,
+                     " MiB NMS bitmask tile of ", n,
+                     " boxes (the bitmask is built in tiles of at most ", tile_budget() >> 20,
+                     " MiB; free GPU memory or pass fewer boxes). ", e.what());
+    throw;
+  }
+}
+
 at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs, double iou_threshold) {
   const c10::cuda::CUDAGuard guard(boxes.device());
   const int64_t n = boxes.size(0);
   const auto long_opts = boxes.options().dtype(at::kLong);
   if (n == 0) return at::empty({0}, long_opts);
-  TORCH_CHECK(cuda::nms_col_blocks(n) <= 65535, "nms: at most ", 65535 * cuda::kNmsBlock, " boxes on CUDA, got ", n);
   // Score order (ties: lower index first); batched: then grouped by class, score order kept.
   const at::Tensor order = std::get<1>(at::sort(scores, /*stable=*/true, /*dim=*/0, /*descending=*/true));
   at::Tensor perm = order;
@@ -40,17 +66,18 @@ at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, cons
   }
   const at::Tensor sorted_boxes = boxes.index_select(0, perm).to(at::kFloat).contiguous();
   const int64_t cb = cuda::nms_col_blocks(n);
-  const at::Tensor mask = at::empty({n, cb}, long_opts);
+  const int64_t W = cuda::nms_tile_blocks(n, 1, tile_budget());
+  const at::Tensor mask = mask_tile(idxs != nullptr ? "batched_nms" : "nms", cuda::nms_tile_rows(n, W) * W, n, long_opts);
   const at::Tensor removed = at::zeros({cb}, long_opts);
   const at::Tensor keep_sorted = at::empty({n}, boxes.options().dtype(at::kByte));
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const float thr = static_cast<float>(iou_threshold);
   if (idxs != nullptr) {
     C10_CUDA_CHECK(cuda::launch_nms<cuda::kSortedClasses>(sorted_boxes.data_ptr<float>(), sorted_classes.data_ptr<int64_t>(),
-                                                          n, thr, words(mask), words(removed),
+                                                          n, thr, W, words(mask), words(removed),
                                                           keep_sorted.data_ptr<uint8_t>(), stream));
   } else {
-    C10_CUDA_CHECK(cuda::launch_nms<cuda::kNoClasses>(sorted_boxes.data_ptr<float>(), nullptr, n, thr, words(mask),
+    C10_CUDA_CHECK(cuda::launch_nms<cuda::kNoClasses>(sorted_boxes.data_ptr<float>(), nullptr, n, thr, W, words(mask),
                                                       words(removed), keep_sorted.data_ptr<uint8_t>(), stream));
   }
   // Back to score order; masked_select reads the count back (the one synchronisation).
@@ -88,11 +115,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> postprocess_cuda(
     return {at::zeros({B, D, 4}, opts), at::zeros({B, D}, opts), at::full({B, D}, -1, long_opts),
             at::zeros({B}, long_opts)};
   }
-  const int64_t cb = cuda::nms_col_blocks(M);
   TORCH_CHECK(B <= 65535, "postprocess: at most 65535 images per call on CUDA, got ", B);
-  // The mask row lives in shared memory: 48 KB less the kernel's static shared memory.
-  TORCH_CHECK(cb * static_cast<int64_t>(sizeof(uint64_t)) <= 47 * 1024,
-              "postprocess: at most 385024 candidates per image on CUDA (levels * topk_candidates), got ", M);
   const at::Tensor logits = cls_logits.contiguous();
   const at::Tensor deltas = box_deltas.contiguous();
   const at::Tensor anc = anchors.contiguous();
@@ -144,12 +167,21 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> postprocess_cuda(
   at::Tensor out_boxes = at::empty({B, D, 4}, opts);
   at::Tensor out_scores = at::empty({B, D}, opts);
   at::Tensor out_labels = at::empty({B, D}, long_opts);
-  at::Tensor counts = at::empty({B}, long_opts);
-  const at::Tensor mask = at::empty({B, M, cb}, long_opts);
+  at::Tensor counts = at::zeros({B}, long_opts);
+  const int64_t cb = cuda::nms_col_blocks(M);
+  const int64_t W = cuda::nms_tile_blocks(M, B, tile_budget());
+  const at::Tensor mask = mask_tile("postprocess", B * cuda::nms_tile_rows(M, W) * W, B * M, long_opts);
+  // More than one tile: the removed-words, kept flags and stop flags live in global memory.
+  const bool tiled = W < cb;
+  const at::Tensor removed = tiled ? at::zeros({B, cb}, long_opts) : at::Tensor();
+  const at::Tensor keep = tiled ? at::zeros({B, M}, opts.dtype(at::kByte)) : at::Tensor();
+  const at::Tensor done = tiled ? at::zeros({B}, opts.dtype(at::kInt)) : at::Tensor();
+  const cuda::PostprocessState state{tiled ? words(removed) : nullptr, tiled ? keep.data_ptr<uint8_t>() : nullptr,
+                                     tiled ? done.data_ptr<int>() : nullptr};
   AT_DISPATCH_FLOATING_TYPES(mt, "postprocess_nms", [&] {
     C10_CUDA_CHECK(cuda::launch_postprocess_nms<scalar_t>(
         sorted_boxes_f.data_ptr<float>(), sorted_boxes.data_ptr<scalar_t>(), sorted_scores.data_ptr<scalar_t>(),
-        sorted_labels.data_ptr<int64_t>(), B, M, D, static_cast<float>(nms_thresh), words(mask),
+        sorted_labels.data_ptr<int64_t>(), B, M, D, static_cast<float>(nms_thresh), W, words(mask), state,
         out_boxes.data_ptr<scalar_t>(), out_scores.data_ptr<scalar_t>(), out_labels.data_ptr<int64_t>(),
         counts.data_ptr<int64_t>(), stream));
   });

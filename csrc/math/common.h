@@ -171,6 +171,22 @@ FO_HD void sigmoid_log1p(V e, V& d, V& l) {
   d = two_e * r;
   l = log_ratio_series(e * one_e * r);
 }
+// float: on the device the division is __fdividef (one MUFU.RCP and a multiply instead of the
+// IEEE division subroutine): its divisor (1 + e)(2 + e) is in [2, 6], inside the range where
+// __fdividef is within 2 ulp. (The exponential stays expf: on sm_90 it is already an FMA range
+// reduction plus ex2.approx, 2 ulp, while __expf's error grows to ~100 ulp near -87.) The
+// host code is the template above, unchanged.
+FO_HD void sigmoid_log1p(float e, float& d, float& l) {
+#if defined(__CUDA_ARCH__)
+  const float one_e = 1.f + e;
+  const float two_e = 2.f + e;
+  const float r = __fdividef(1.f, one_e * two_e);
+  d = two_e * r;
+  l = log_ratio_series(e * one_e * r);
+#else
+  sigmoid_log1p<float>(e, d, l);
+#endif
+}
 FO_HD void sigmoid_log1p(double e, double& d, double& l) {
   d = 1.0 / (1.0 + e);
   l = ::log1p(e);

@@ -43,8 +43,12 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     computed in float32 (an empty union counts as IoU 0). The number of kept boxes depends on
     the data, so on CUDA the op reads that count back to the host (one synchronisation).
     CPU: exact greedy per class bucket (a uniform grid of kept boxes for large buckets). CUDA:
-    64-box bitmask in device memory (``N^2 / 8`` bytes) reduced on the GPU; at most 4,194,240
-    boxes.
+    a 64-box bitmask reduced on the GPU. The whole mask would take ``N^2 / 8`` bytes (2 GB at
+    128k boxes), so it is built in square tiles of at most 256 MiB (one tile up to ~46,000
+    boxes); the boxes kept in earlier tiles suppress the later ones without their mask being
+    stored. Memory: ``O(N)`` plus one tile, for any ``N``; time grows as ``N^2`` (the IoU of every
+    pair that is not already suppressed). An allocation that does not fit raises
+    ``torch.cuda.OutOfMemoryError`` naming the bitmask tile.
 
     Args:
         boxes (Tensor[N, 4]): ``(x1, y1, x2, y2)`` boxes, float32 / float64 / float16 / bfloat16.
@@ -119,7 +123,10 @@ def postprocess(
     top-k boundary (float32 sigmoid is exactly 1 above ~16.6), CUDA keeps the larger logits and
     the CPU the lower indices; which of exactly tied logits CUDA keeps there is unspecified. On
     CUDA the output shapes are static and the op never synchronises with the host (CUDA-graph
-    capturable); there ``levels * topk_candidates`` is limited to 385,024 and B to 65,535.
+    capturable); B is limited to 65,535. The class-aware NMS of the ``M`` candidates of an image
+    (``M = sum over levels of min(topk_candidates, A_l * K)``, 5,000 for RetinaNet) uses an
+    ``M^2 / 8``-byte bitmask per image, built in tiles of at most 256 MiB for the whole batch
+    as :func:`nms` does: memory ``O(B * M)`` plus one tile, with no limit on ``M``.
 
     Args:
         cls_logits (Tensor[B, A, K]): class logits, float32 / float64 / float16 / bfloat16.
