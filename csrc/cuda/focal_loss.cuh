@@ -60,7 +60,7 @@ __device__ __forceinline__ void focal_chunk(int64_t idx0, const typename OpMath<
     } else {
       r = math::focal_soft<G>(xv[j], tv[j], args.alpha, args.gamma);
     }
-    res[j] = w * (kMode == kFocalGrad ? r.grad : r.loss);
+    res[j] = math::mul_zero_wins(w, kMode == kFocalGrad ? r.grad : r.loss);
   }
 }
 
