@@ -3,19 +3,24 @@
 The messages mirror the C++ checks in csrc/checks/.
 """
 
+import math
+
 import torch
 
 from focalops import _extension  # noqa: F401  (the ops must exist before fakes attach)
 from focalops.ops import FLOATS
 
 
-def _check_focal_args(inputs, targets, alpha, gamma):
+def _check_focal_args(inputs, targets, alpha, gamma, ignore_index):
     torch._check(
         inputs.dtype in FLOATS,
         lambda: f"sigmoid_focal_loss: inputs must be float32, float64, float16 or bfloat16, got {inputs.dtype}",
     )
-    torch._check(gamma >= 0, lambda: f"sigmoid_focal_loss: gamma must be >= 0, got {gamma}")
+    torch._check(
+        gamma >= 0 and math.isfinite(gamma), lambda: f"sigmoid_focal_loss: gamma must be >= 0 and finite, got {gamma}"
+    )
     torch._check(alpha <= 1, lambda: f"sigmoid_focal_loss: alpha must be <= 1 (or < 0 to disable), got {alpha}")
+    torch._check(ignore_index != -1, lambda: "sigmoid_focal_loss: ignore_index must not be -1 (the background label)")
     if targets.dtype == torch.int64:
         torch._check(
             inputs.dim() >= 1 and targets.shape == inputs.shape[:-1],
@@ -47,7 +52,7 @@ def _focal_sum_dtype(inputs):
 
 @torch.library.register_fake("focalops::sigmoid_focal_loss")
 def _sigmoid_focal_loss_fake(inputs, targets, alpha, gamma, ignore_index, reduce):
-    _check_focal_args(inputs, targets, alpha, gamma)
+    _check_focal_args(inputs, targets, alpha, gamma, ignore_index)
     if reduce:
         return inputs.new_empty((), dtype=_focal_sum_dtype(inputs))
     return torch.empty_like(inputs, memory_format=torch.contiguous_format)
@@ -55,7 +60,7 @@ def _sigmoid_focal_loss_fake(inputs, targets, alpha, gamma, ignore_index, reduce
 
 @torch.library.register_fake("focalops::_sigmoid_focal_loss_backward")
 def _sigmoid_focal_loss_backward_fake(grad, inputs, targets, alpha, gamma, ignore_index, reduce):
-    _check_focal_args(inputs, targets, alpha, gamma)
+    _check_focal_args(inputs, targets, alpha, gamma, ignore_index)
     return torch.empty_like(inputs, memory_format=torch.contiguous_format)
 
 

@@ -131,6 +131,61 @@ def test_infinite_logits_give_the_limits(device, gamma, dtype):
     assert (loss == 0).all() and (g == 0).all()
 
 
+def _dense_limit(x, t, alpha, gamma):
+    """Loss and gradient of the dense form as x -> +-inf: loss ~ alpha_t q^gamma w |x| with
+    q = 1 - p_t = w = 1 - t (x -> +inf) or t (x -> -inf); the gradient tends to +-alpha_t q^gamma w."""
+    w = torch.where(x > 0, 1 - t, t)
+    alpha_t = torch.ones_like(t) if alpha < 0 else alpha * t + (1 - alpha) * (1 - t)
+    slope = alpha_t * w**gamma * w
+    return torch.where(slope > 0, math.inf, 0.0).to(t.dtype), torch.where(x > 0, slope, -slope)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0, 2.0, 3.7])
+@pytest.mark.parametrize("alpha", [0.25, -1.0, 0.0, 1.0])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_dense_infinite_logits_give_the_limits(device, gamma, alpha, dtype):
+    """Dense form at +-inf: softplus(x) - x t is never inf - inf, r ce and alpha_t ce never 0 * inf."""
+    t = torch.tensor([0.0, 0.3, 1.0], dtype=dtype).repeat_interleave(2).repeat(3)  # 18: vector body and tail
+    x = torch.tensor([math.inf, -math.inf], dtype=dtype).repeat(9)
+    loss, g = _grad(focalops.sigmoid_focal_loss, x.to(device), t.to(device), alpha, gamma, "none")
+    want_loss, want_grad = _dense_limit(x, t, alpha, gamma)
+    torch.testing.assert_close(loss.cpu(), want_loss)
+    torch.testing.assert_close(g.cpu(), want_grad)
+    total = focalops.sigmoid_focal_loss(x.to(device), t.to(device), alpha, gamma, "sum")
+    assert total.item() == want_loss.sum().item()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_zero_alpha_weight_at_infinity_is_zero(device, dtype):
+    """alpha = 1 gives negatives weight 0 (alpha = 0: positives): 0, not 0 * inf = NaN."""
+    inf = math.inf
+    x = torch.tensor([[inf, -inf]], device=device, dtype=dtype)
+    for alpha, label, want in ((1.0, -1, [0.0, 0.0]), (0.0, 1, [inf, 0.0]), (1.0, 1, [0.0, inf])):
+        loss, g = _grad(focalops.sigmoid_focal_loss, x, torch.tensor([label], device=device), alpha, 2.0, "none")
+        assert loss.tolist() == [want] and torch.isfinite(g).all()
+    loss, g = _grad(focalops.sigmoid_focal_loss, x, torch.tensor([[0.0, 0.0]], device=device, dtype=dtype), 1.0, 2.0)
+    assert loss.tolist() == [[0.0, 0.0]] and g.tolist() == [[0.0, 0.0]]
+
+
+def test_ignored_rows_are_zero_whatever_the_logit(device):
+    x = torch.tensor([[math.inf, -math.inf, math.nan] * 6, [math.inf, 1.0, 2.0] * 6], device=device)
+    loss, g = _grad(focalops.sigmoid_focal_loss, x, torch.tensor([-2, 1], device=device), 0.25, 2.0, "none")
+    assert (loss[0] == 0).all() and (g[0] == 0).all()
+    assert loss[1, 0] == math.inf and torch.isfinite(g[1]).all()
+
+
+@pytest.mark.parametrize("gamma", [1e-50, 1e30])
+def test_gamma_at_the_float32_edges(device, gamma):
+    """1e-50 is 0 in float32 (plain BCE, not 0 * log 0 = NaN); a huge gamma gives 0 where p_t < 1."""
+    x = torch.tensor([100.0, -100.0, 0.5, -3.0, math.inf] * 4, device=device)
+    t = torch.tensor([1.0, 0.0, 0.7, 0.2, 1.0] * 4, device=device)
+    loss, g = _grad(focalops.sigmoid_focal_loss, x, t, 0.25, gamma, "none")
+    want, g_want = _grad(reference.sigmoid_focal_loss, x[:4].double(), t[:4].double(), 0.25, float(torch.tensor(gamma)))
+    torch.testing.assert_close(loss[:4].double(), want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g[:4].double(), g_want, rtol=1e-5, atol=1e-6)
+    assert torch.isfinite(loss).all() and torch.isfinite(g).all()
+
+
 def test_nan_logits_propagate(device):
     x = torch.tensor([[float("nan"), 1.0] * 9], device=device)  # 18 values: vector body and tail
     loss, g = _grad(focalops.sigmoid_focal_loss, x, torch.tensor([0], device=device), 0.25, 2.0, "none")
@@ -345,6 +400,47 @@ def test_bad_inputs():
         f(x, torch.tensor([0, 3, 1, 1]))
     with pytest.raises(RuntimeError, match="class index -5"):
         f(x, torch.tensor([0, -5, 1, 1]))
+    with pytest.raises(RuntimeError, match=r"class index 0 at row 1, outside \[0, 0\)"):
+        f(torch.empty(3, 0), torch.tensor([-1, 0, -2]), reduction="sum")
+    for bad in (1.5, -0.25, math.nan):
+        t = torch.rand(4, 3)
+        t[2, 1] = bad
+        with pytest.raises(RuntimeError, match=r"dense targets must be in \[0, 1\], got .* at flat index 7"):
+            f(x, t)
+        with pytest.raises(RuntimeError, match=r"dense targets must be in \[0, 1\]"):
+            f(x.double().requires_grad_(), t.double(), reduction="sum").backward()
+
+
+@pytest.mark.parametrize(
+    "normalizer, match",
+    [
+        (0, "positive finite number"),
+        (-2.0, "positive finite number"),
+        (math.inf, "positive finite number"),
+        (math.nan, "positive finite number"),
+        ("4", "positive finite number"),
+        (torch.tensor(0.0), "positive and finite, got 0.0"),
+        (torch.tensor(-3), "positive and finite, got -3"),
+        (torch.tensor(math.nan), "positive and finite, got nan"),
+        (torch.tensor([math.inf]), "positive and finite, got inf"),
+        (torch.ones(2), r"real 0-d tensor, got torch.float32 \[2\]"),
+        (torch.tensor(1 + 1j), "real 0-d tensor"),
+    ],
+)
+def test_bad_normalizer(normalizer, match):
+    with pytest.raises(ValueError, match=match):
+        focalops.sigmoid_focal_loss(
+            torch.randn(4, 3), torch.tensor([0, 1, 2, -1]), reduction="sum", normalizer=normalizer
+        )
+
+
+def test_cpu_tensor_normalizer_moves_to_the_loss_device(device):
+    x = _inputs((5, 3), device)
+    labels = _labels((5,), 3, device)
+    total = focalops.sigmoid_focal_loss(x, labels, reduction="sum")
+    got = focalops.sigmoid_focal_loss(x, labels, reduction="sum", normalizer=torch.tensor([4]))
+    assert got.device == x.device
+    torch.testing.assert_close(got, total / 4)
 
 
 def test_bad_inputs_reach_the_op_directly():
@@ -356,6 +452,18 @@ def test_bad_inputs_reach_the_op_directly():
         op(x, torch.zeros(4, 3, dtype=torch.float64), 0.25, 2.0, -2, False)
     with pytest.raises(RuntimeError, match="inputs must be float32"):
         op(x.int(), torch.zeros(4, dtype=torch.long), 0.25, 2.0, -2, False)
+    with pytest.raises(RuntimeError, match="gamma must be >= 0 and finite, got inf"):
+        op(x, torch.zeros(4, dtype=torch.long), 0.25, math.inf, -2, False)
+    with pytest.raises(RuntimeError, match="alpha must be <= 1"):
+        op(x, torch.zeros(4, dtype=torch.long), math.nan, 2.0, -2, False)
+    with pytest.raises(RuntimeError, match="ignore_index must not be -1"):
+        op(x, torch.zeros(4, dtype=torch.long), 0.25, 2.0, -1, False)
+    with pytest.raises(RuntimeError, match=r"class index 3 at row 0, outside \[0, 0\)"):
+        op(torch.empty(2, 0), torch.tensor([3, -1]), 0.25, 2.0, -2, True)
+    with pytest.raises(RuntimeError, match=r"dense targets must be in \[0, 1\]"):
+        op(x, torch.full((4, 3), 2.0), 0.25, 2.0, -2, True)
+    with pytest.raises(RuntimeError, match=r"dense targets must be in \[0, 1\]"):
+        torch.ops.focalops._sigmoid_focal_loss_backward(torch.ones(()), x, -torch.ones(4, 3), 0.25, 2.0, -2, True)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -80,6 +80,12 @@ const T* stage(const scalar_t* src, int64_t n, T* buf) {
   }
 }
 
+void check_label(int64_t label, int64_t row, int64_t K, int64_t ignore_index) {
+  TORCH_CHECK(label == ignore_index || label == -1 || (label >= 0 && label < K),
+              "sigmoid_focal_loss: targets holds class index ", label, " at row ", row, ", outside [0, ", K,
+              "); use -1 for background or ignore_index=", ignore_index, " to skip a row");
+}
+
 // Class-index targets of elements [begin, begin + n) as 0/1 in t and the row weight in m.
 template <typename T>
 void stage_labels(const int64_t* labels, int64_t K, int64_t ignore_index, int64_t begin, int64_t n, T* t, T* m) {
@@ -90,9 +96,7 @@ void stage_labels(const int64_t* labels, int64_t K, int64_t ignore_index, int64_
     const int64_t col = idx - row * K;
     const int64_t label = labels[row];
     const bool ignored = label == ignore_index;
-    TORCH_CHECK(ignored || label == -1 || (label >= 0 && label < K), "sigmoid_focal_loss: targets holds class index ",
-                label, " at row ", row, ", outside [0, ", K, "); use -1 for background or ignore_index=", ignore_index,
-                " to skip a row");
+    check_label(label, row, K, ignore_index);
     const int64_t cnt = std::min(K - col, n - i);
     std::fill(t + i, t + i + cnt, T(0));
     std::fill(m + i, m + i + cnt, ignored ? T(0) : T(1));
@@ -116,25 +120,40 @@ at::Tensor empty_output_like(const at::Tensor& x) {
   return out;
 }
 
+// Dense targets of elements [begin, begin + n): in [0, 1] (outside it the loss can go negative),
+// so not NaN either. One branch-free pass; the message comes from a second one.
+template <typename T>
+void check_soft_targets(const T* t, int64_t begin, int64_t n) {
+  bool ok = true;
+  for (int64_t i = 0; i < n; ++i) ok &= (t[i] >= T(0)) & (t[i] <= T(1));
+  if (ok) return;
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(t[i] >= T(0) && t[i] <= T(1), "sigmoid_focal_loss: dense targets must be in [0, 1], got ", t[i],
+                " at flat index ", begin + i);
+  }
+}
+
 template <typename scalar_t>
 void focal_cpu(Mode mode, const at::Tensor& x, const at::Tensor& targets, const at::Tensor& grad, double alpha,
                double gamma, int64_t ignore_index, at::Tensor& out) {
   using T = opmath_t<scalar_t>;
   const int64_t numel = x.numel();
+  const bool hard = focal_is_index_form(targets);
+  const int64_t K = x.dim() > 0 ? x.size(-1) : 1;
+  const int64_t* lp = hard ? targets.data_ptr<int64_t>() : nullptr;
   if (numel == 0) {
+    // K = 0 still has rows, whose labels must be valid (only -1 and ignore_index are).
+    for (int64_t row = 0; hard && row < targets.numel(); ++row) check_label(lp[row], row, K, ignore_index);
     if (mode == Mode::kSum) out.zero_();
     return;
   }
-  const bool hard = focal_is_index_form(targets);
-  const int64_t K = x.dim() > 0 ? x.size(-1) : 1;
   const scalar_t* xp = x.data_ptr<scalar_t>();
-  const int64_t* lp = hard ? targets.data_ptr<int64_t>() : nullptr;
   const scalar_t* tp = hard ? nullptr : targets.data_ptr<scalar_t>();
   const bool grad_each = mode == Mode::kGrad && grad.dim() > 0 && grad.sizes() == x.sizes();
   const scalar_t* gp = grad_each ? grad.data_ptr<scalar_t>() : nullptr;
   const T gscale = (mode == Mode::kGrad && !grad_each) ? static_cast<T>(grad.item<double>()) : T(1);
   scalar_t* op = mode == Mode::kSum ? nullptr : out.data_ptr<scalar_t>();
-  const int gk = math::gamma_kind(gamma);
+  const int gk = math::gamma_kind(static_cast<T>(gamma));
   const int64_t ntiles = (numel + kTile - 1) / kTile;
   std::vector<double> partial(mode == Mode::kSum ? ntiles : 0);
 
@@ -149,6 +168,7 @@ void focal_cpu(Mode mode, const at::Tensor& x, const at::Tensor& targets, const 
         stage_labels<T>(lp, K, ignore_index, begin, n, tb, mb);
       } else {
         tt = stage<T>(tp + begin, n, tb);
+        check_soft_targets(tt, begin, n);
         for (int64_t i = 0; i < n; ++i) mb[i] = T(1);
       }
       if (gp) {
@@ -184,7 +204,7 @@ void dispatch(Mode mode, const at::Tensor& x, const at::Tensor& t, const at::Ten
 
 at::Tensor sigmoid_focal_loss_cpu(const at::Tensor& inputs, const at::Tensor& targets, double alpha, double gamma,
                                   int64_t ignore_index, bool reduce) {
-  check_focal_args(inputs, targets, alpha, gamma);
+  check_focal_args(inputs, targets, alpha, gamma, ignore_index);
   const at::Tensor x = inputs.contiguous();
   const at::Tensor t = targets.contiguous();
   at::Tensor out = reduce ? at::empty({}, x.options().dtype(focal_sum_dtype(x))) : empty_output_like(x);
@@ -194,7 +214,7 @@ at::Tensor sigmoid_focal_loss_cpu(const at::Tensor& inputs, const at::Tensor& ta
 
 at::Tensor sigmoid_focal_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& inputs, const at::Tensor& targets,
                                            double alpha, double gamma, int64_t ignore_index, bool reduce) {
-  check_focal_args(inputs, targets, alpha, gamma);
+  check_focal_args(inputs, targets, alpha, gamma, ignore_index);
   check_focal_grad(grad, inputs, reduce);
   const at::Tensor x = inputs.contiguous();
   const at::Tensor t = targets.contiguous();

@@ -44,7 +44,14 @@ at::Tensor focal_cuda(int mode, const at::Tensor& inputs, const at::Tensor& targ
     g = grad_each ? grad.to(x.scalar_type()).contiguous() : scalar.to(acc_dtype);
   }
   at::Tensor out = mode == cuda::kFocalSum ? at::empty({}, x.options().dtype(acc_dtype)) : at::empty_like(x);
-  if (x.numel() == 0) return mode == cuda::kFocalSum ? out.zero_() : out;
+  if (x.numel() == 0) {
+    // K = 0 still has rows: only -1 and ignore_index are valid labels (checked on the device).
+    if (hard && t.numel() > 0) {
+      at::_assert_async(at::logical_or(t == -1, t == ignore_index).all(),
+                        "sigmoid_focal_loss: targets holds a class index outside [0, 0) (K = 0)");
+    }
+    return mode == cuda::kFocalSum ? out.zero_() : out;
+  }
   TORCH_CHECK(!hard || K <= cuda::kFocalMaxClasses, "sigmoid_focal_loss: at most ", cuda::kFocalMaxClasses,
               " classes (last dimension) with class-index targets on CUDA, got ", K);
   const int sms = multiprocessors();
@@ -62,7 +69,7 @@ at::Tensor focal_cuda(int mode, const at::Tensor& inputs, const at::Tensor& targ
     T* op = mode == cuda::kFocalSum ? nullptr : reinterpret_cast<T*>(out.data_ptr<scalar_t>());
     A* sum = mode == cuda::kFocalSum ? out.data_ptr<A>() : nullptr;
     A* part = mode == cuda::kFocalSum ? partials.data_ptr<A>() : nullptr;
-    C10_CUDA_CHECK(cuda::launch_focal<T>(mode, hard, math::gamma_kind(gamma), x.numel(), K, ignore_index,
+    C10_CUDA_CHECK(cuda::launch_focal<T>(mode, hard, math::gamma_kind(static_cast<A>(gamma)), x.numel(), K, ignore_index,
                                          static_cast<A>(alpha), static_cast<A>(gamma), gs,
                                          reinterpret_cast<const T*>(x.data_ptr<scalar_t>()), tp, lp, gp, op, part, sum,
                                          sms, stream));
@@ -72,14 +79,14 @@ at::Tensor focal_cuda(int mode, const at::Tensor& inputs, const at::Tensor& targ
 
 at::Tensor sigmoid_focal_loss_cuda(const at::Tensor& inputs, const at::Tensor& targets, double alpha, double gamma,
                                    int64_t ignore_index, bool reduce) {
-  check_focal_args(inputs, targets, alpha, gamma);
+  check_focal_args(inputs, targets, alpha, gamma, ignore_index);
   return focal_cuda(reduce ? cuda::kFocalSum : cuda::kFocalLoss, inputs, targets, at::Tensor(), alpha, gamma,
                     ignore_index);
 }
 
 at::Tensor sigmoid_focal_loss_backward_cuda(const at::Tensor& grad, const at::Tensor& inputs, const at::Tensor& targets,
                                             double alpha, double gamma, int64_t ignore_index, bool reduce) {
-  check_focal_args(inputs, targets, alpha, gamma);
+  check_focal_args(inputs, targets, alpha, gamma, ignore_index);
   check_focal_grad(grad, inputs, reduce);
   return focal_cuda(cuda::kFocalGrad, inputs, targets, reduce ? grad.reshape({}) : grad, alpha, gamma, ignore_index);
 }

@@ -135,7 +135,7 @@ __device__ __forceinline__ void focal_pack_values(uint32_t e, const Pack<T, M>& 
     } else {
       r = math::focal_soft<G>(x, load_as_opmath(pt.v[j]), args.alpha, args.gamma);
     }
-    const A v = w * (kMode == kFocalGrad ? r.grad : r.loss);
+    const A v = math::mul_zero_wins(w, kMode == kFocalGrad ? r.grad : r.loss);
     if (kMode == kFocalSum) {
       acc += v;
     } else {

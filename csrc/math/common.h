@@ -111,13 +111,23 @@ FO_HD V fmax0(V x) {
   return Lanes<V>::select(x > V(0), x, V(0));
 }
 
-// exp(x) for x <= 0 (every exponential in the focal loss has a non-positive argument).
-// Cephes expf: |rel err| < 2 ulp; exactly 0 below the normal range; NaN stays NaN.
+// a * b, except that a == 0 gives 0 even where b is infinite: the limit of a product whose
+// first factor vanishes faster (focal loss terms at infinite logits, weights of ignored rows).
+// A NaN in either factor still gives NaN (unless a == 0).
+template <typename V>
+FO_HD V mul_zero_wins(V a, V b) {
+  return Lanes<V>::select(a == V(0.f), V(0.f), a * b);
+}
+
+// exp(x) for x <= 0 (every exponential in the focal loss has a non-positive argument; rounding
+// can make one slightly positive, which counts as 0). Cephes expf: |rel err| < 2 ulp; exactly 0
+// below the normal range; NaN stays NaN.
 template <typename V>
 FO_HD V exp_nonpos_poly(V x) {
   using L = Lanes<V>;
   const V lo(-87.3f);
-  const V xc = L::select(x >= lo, x, lo);  // NaN -> lo: the conversion below stays defined
+  // NaN -> lo and x > 0 -> 0: the int conversion below always gets a value in range.
+  const V xc = L::select(x >= lo, L::select(x > V(0.f), V(0.f), x), lo);
   // Round to nearest by the 1.5 * 2^23 trick: branch-free.
   const V n = (xc * V(1.44269504088896341f) + V(12582912.f)) - V(12582912.f);
   const V r = (xc - n * V(0.693359375f)) + n * V(2.12194440e-4f);

@@ -6,6 +6,8 @@
 // sigmoid(-x) are 1/(1+e) and e/(1+e) in some order, log1p(e) gives the log-sigmoids, so
 // the loss and its gradient are finite for every finite logit. The gradient is written
 // with (1 - p_t)^gamma, never (1 - p_t)^(gamma - 1), so gamma in (0, 1) is safe at p_t = 1.
+// At x = +-inf both are the limits (loss 0 or inf, gradient finite): every product of a
+// vanishing factor with an infinite one is mul_zero_wins. A NaN logit gives NaN.
 #pragma once
 
 #include <type_traits>
@@ -15,7 +17,8 @@
 namespace focalops {
 namespace math {
 
-// gamma is a template parameter where it has a cheap closed form.
+// gamma is a template parameter where it has a cheap closed form. Callers pass gamma in the
+// type the math runs in (1e-50 is 0 in float32, and 0 * log(0) must not be reached).
 enum GammaKind : int { kGammaZero = 0, kGammaOne = 1, kGammaTwo = 2, kGammaAny = 3 };
 
 inline GammaKind gamma_kind(double gamma) {
@@ -70,7 +73,7 @@ FO_HD LossGrad<T> focal_hard(T x, M positive, T alpha_t, T gamma) {
   const T qg = pow_gamma<G>(q, T(0.f) - (fmax0(z) + l), gamma);
   const T p_t_ce = L::select(p_t > T(0.f), p_t * ce, T(0.f));
   const T dz = (T(0.f) - alpha_t) * qg * (gamma * p_t_ce + q);
-  return {alpha_t * qg * ce, L::select(positive, dz, T(0.f) - dz)};
+  return {mul_zero_wins(alpha_t * qg, ce), L::select(positive, dz, T(0.f) - dz)};
 }
 
 // Soft target t in [0, 1] (dense form, torchvision's formula):
@@ -78,6 +81,7 @@ FO_HD LossGrad<T> focal_hard(T x, M positive, T alpha_t, T gamma) {
 //   d loss / dx = alpha_t (1-p_t)^g [g (1 - 2t) r ce + p (1 - t) - (1 - p) t],
 //   r = p (1 - p) / (1 - p_t) in [0, 2] (0 where 1 - p_t underflows).
 // p and 1 - p are both formed without cancellation, so hard 0/1 targets are exact too.
+// ce is |x| w + log1p(e) with w = 1 - t (x >= 0) or t (x < 0), never inf - inf at x = +-inf.
 template <int G, typename T>
 FO_HD LossGrad<T> focal_soft(T x, T t, T alpha, T gamma) {
   using L = Lanes<T>;
@@ -90,16 +94,17 @@ FO_HD LossGrad<T> focal_soft(T x, T t, T alpha, T gamma) {
   const T pm = L::select(x_pos, e * d, d);
   const T one(1.f);
   const T q = p * (one - t) + pm * t;
-  const T ce = fmax0(x) - x * t + l;
+  const T ce = mul_zero_wins(L::select(x_pos, one - t, t), ax) + l;
   const T alpha_t = L::select(alpha < T(0.f), one, alpha * t + (one - alpha) * (one - t));
   const T qg = G == kGammaAny ? pow_gamma<G>(q, log_unit(q), gamma) : pow_gamma<G>(q, T(0.f), gamma);
   const T r = L::select(q > T(0.f), p * pm / q, T(0.f));
-  const T grad = alpha_t * qg * (gamma * (one - T(2.f) * t) * r * ce + p * (one - t) - pm * t);
-  return {alpha_t * qg * ce, grad};
+  const T grad = alpha_t * qg * (gamma * (one - T(2.f) * t) * mul_zero_wins(r, ce) + p * (one - t) - pm * t);
+  return {mul_zero_wins(alpha_t * qg, ce), grad};
 }
 
 // m * (loss, or gradient if kGrad) for a 0/1 indicator (kHard) or a soft target t; a_pos and
-// a_neg are alpha_t of a positive and of a negative.
+// a_neg are alpha_t of a positive and of a negative. m = 0 (an ignored row) gives 0, even for
+// an infinite or NaN logit.
 template <bool kHard, bool kGrad, int G, typename T>
 FO_HD T focal_value(T x, T t, T m, T alpha, T a_pos, T a_neg, T gamma) {
   LossGrad<T> r;
@@ -109,7 +114,7 @@ FO_HD T focal_value(T x, T t, T m, T alpha, T a_pos, T a_neg, T gamma) {
   } else {
     r = focal_soft<G>(x, t, alpha, gamma);
   }
-  return (kGrad ? r.grad : r.loss) * m;
+  return mul_zero_wins(m, kGrad ? r.grad : r.loss);
 }
 
 }  // namespace math

@@ -58,14 +58,18 @@ def sigmoid_focal_loss(
     indices (the form a detector has) without building a one-hot tensor. Forward and backward
     are fused kernels: the forward reads the logits once, the backward recomputes from them and
     writes the gradient in one pass. Computed from the logit (log-sigmoid form): finite loss and
-    gradient for every finite logit and every ``gamma >= 0``.
+    gradient for every finite logit and every ``gamma >= 0``. At ``+-inf`` logits the loss and
+    gradient are their limits (loss 0 or inf, gradient finite); a NaN logit gives a NaN loss
+    and gradient (as torch's own losses), except in ignored rows, which are always 0.
 
     Args:
         inputs (Tensor[..., K]): logits, float32 / float16 / bfloat16 / float64 (half types are
             computed in float32). Any layout.
         targets (Tensor): either
             - dense: a floating (or bool) tensor of the shape of ``inputs`` with values in
-              [0, 1] (soft targets allowed, torchvision's formula); or
+              [0, 1] (soft targets allowed, torchvision's formula). Checked on CPU; on CUDA,
+              where a check would cost a synchronisation, a value outside [0, 1] is not
+              detected and gives a meaningless (possibly negative) loss; or
             - class indices: an integer tensor of shape ``inputs.shape[:-1]``; ``c`` in
               ``[0, K)`` makes class ``c`` the positive and the other ``K - 1`` negatives, ``-1``
               is background (all ``K`` negative), ``ignore_index`` rows add nothing to the loss
@@ -77,7 +81,10 @@ def sigmoid_focal_loss(
             ``"sum"`` or ``"mean"`` (0-d, dtype of ``inputs``; accumulated in float32).
         normalizer (float or 0-d Tensor, optional): divides the (reduced) loss, e.g. the number
             of foreground anchors (RetinaNet: ``reduction="sum", normalizer=max(1, num_fg)``).
-            A tensor is used on its device and never read back to the host.
+            Must be positive and finite. A number or a CPU tensor is checked (a CPU tensor in
+            eager mode; it is moved to the loss's device without blocking); a device tensor is
+            never read back to the host, so its value is not checked: ``<= 0`` there gives an
+            infinite or negative loss.
         ignore_index (int): class index of rows to skip in the class-index form. Default -2.
 
     Returns:
@@ -85,10 +92,12 @@ def sigmoid_focal_loss(
 
     Raises:
         TypeError: ``inputs`` or ``targets`` is not a tensor, or has an unsupported dtype.
-        ValueError: unknown ``reduction``, ``gamma < 0``, ``alpha > 1``, a non-positive number
-            ``normalizer``, mismatched shapes or devices, or ``targets.requires_grad``.
+        ValueError: unknown ``reduction``, ``gamma < 0``, ``alpha > 1``, a ``normalizer`` that
+            is not a positive finite number (numbers and CPU tensors), mismatched shapes or
+            devices, or ``targets.requires_grad``.
         RuntimeError: a class index outside ``[0, K)`` that is neither -1 nor ``ignore_index``
-            (on CUDA a device-side assertion, so the check costs no host synchronisation).
+            (on CUDA a device-side assertion, so the check costs no host synchronisation); dense
+            targets outside [0, 1] (CPU).
     """
     if not isinstance(inputs, Tensor):
         raise TypeError(f"sigmoid_focal_loss: inputs must be a Tensor, got {type(inputs).__name__}")
@@ -134,19 +143,28 @@ def sigmoid_focal_loss(
     if reduction == "mean":
         loss = loss / inputs.numel() if inputs.numel() > 0 else loss / 0.0
     if normalizer is not None:
-        if isinstance(normalizer, Tensor):
-            if normalizer.numel() != 1:
-                raise ValueError(
-                    f"sigmoid_focal_loss: normalizer must be a number or a 0-d tensor, got {list(normalizer.shape)}"
-                )
-            loss = loss / normalizer.reshape(()).to(device=loss.device)
-        elif isinstance(normalizer, Real) and normalizer > 0:
-            loss = loss / float(normalizer)
-        else:
-            raise ValueError(
-                f"sigmoid_focal_loss: normalizer must be a positive number or a tensor, got {normalizer!r}"
-            )
+        loss = loss / _checked_normalizer(normalizer, loss.device)
     return loss.to(inputs.dtype)
+
+
+def _checked_normalizer(normalizer, device: torch.device) -> Union[float, Tensor]:
+    """The divisor of the loss, checked > 0 and finite where that costs no synchronisation."""
+    if isinstance(normalizer, Tensor):
+        if normalizer.numel() != 1 or normalizer.is_complex():
+            raise ValueError(
+                "sigmoid_focal_loss: normalizer must be a number or a real 0-d tensor, got "
+                f"{normalizer.dtype} {list(normalizer.shape)}"
+            )
+        on_cpu = normalizer.device.type == "cpu"
+        if on_cpu and not torch.compiler.is_compiling():
+            value = normalizer.item()
+            if not (value > 0 and math.isfinite(value)):
+                raise ValueError(f"sigmoid_focal_loss: normalizer must be positive and finite, got {value}")
+        # Host to device never blocks; a device tensor brought to the host must (its value is read).
+        return normalizer.reshape(()).to(device=device, non_blocking=on_cpu)
+    if isinstance(normalizer, Real) and normalizer > 0 and math.isfinite(normalizer):
+        return float(normalizer)
+    raise ValueError(f"sigmoid_focal_loss: normalizer must be a positive finite number or a tensor, got {normalizer!r}")
 
 
 class SigmoidFocalLoss(nn.Module):
