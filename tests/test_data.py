@@ -92,7 +92,6 @@ def test_collate_keeps_lists():
     assert isinstance(images, list) and len(images) == 2 and "boxes" in targets[0]
 
 
-
 def _write_image(path, h, w, colour):
     Image.fromarray(np.full((h, w, 3), colour, dtype=np.uint8)).save(path)
 
