@@ -3,132 +3,86 @@
 Multi-GPU / multi-node training: ``torchrun --nproc_per_node N -m focalops train ...``
 (DistributedDataParallel, a DistributedSampler, logging and checkpoints on rank 0; NCCL on
 CUDA, gloo on CPU). ``--batch-size`` is per process.
+
+Exit status: 0 done; 1 bad data, a bad checkpoint or a failed run; 2 a usage error; 130 stopped
+by Ctrl-C (training saves a checkpoint first). Errors are one line on stderr naming the file or
+flag; ``--debug`` shows the traceback instead.
 """
 
 import argparse
-import json
+import contextlib
 import math
 import os
 import sys
-import time
-from typing import List, Optional
+import warnings
+from typing import Dict, List, Optional, Set
 
-import torch
+from focalops.models import backbone_names
 
-from focalops.models import RetinaNet, backbone_names, load_torchvision_weights
-
-_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-# ---- datasets --------------------------------------------------------------------------------
-def build_dataset(args, train: bool):
-    """The train or validation split that ``args`` describe, with its transforms."""
-    from focalops.data import (
-        CocoDetection,
-        Compose,
-        RandomHorizontalFlip,
-        Resize,
-        ShapesDataset,
-        VOCDetection,
-    )
-
-    transforms = [] if args.dataset == "shapes" else [Resize(args.image_size, args.max_size)]
-    if train and args.flip > 0:
-        transforms.append(RandomHorizontalFlip(args.flip))
-    transforms = Compose(transforms) if transforms else None
-    if args.dataset == "shapes":
-        return ShapesDataset(
-            args.train_images if train else args.val_images,
-            image_size=args.image_size,
-            num_classes=args.num_classes,
-            max_objects=args.max_objects,
-            seed=args.data_seed if train else args.data_seed + 1_000_003,
-            transforms=transforms,
-        )
-    if args.data_root is None:
-        raise SystemExit(f"focalops: --data-root is required for --dataset {args.dataset}")
-    if args.dataset == "coco":
-        ann = args.ann_file if train else (args.val_ann_file or args.ann_file)
-        root = args.data_root if train else (args.val_root or args.data_root)
-        if ann is None:
-            raise SystemExit("focalops: --ann-file is required for --dataset coco")
-        return CocoDetection(root, ann, transforms=transforms)
-    root = args.data_root if train else (args.val_root or args.data_root)
-    return VOCDetection(root, args.train_split if train else args.val_split, transforms=transforms)
+# The packages of the `focalops[cli]` extra, by import name: a missing one is named in one line.
+_EXTRA_PACKAGES = {"PIL": "pillow", "tqdm": "tqdm", "pycocotools": "pycocotools", "matplotlib": "matplotlib",
+                   "numpy": "numpy"}  # fmt: skip
+_AMP_DTYPES = ("bf16", "fp16")
+# Flags that describe the invocation, not the run: never restored from a checkpoint.
+_NOT_RESTORED = {"command", "resume", "debug", "no_progress", "out"}
+_SHOWN_DETECTIONS = 20
 
 
-def class_names(dataset) -> List[str]:
-    return list(getattr(dataset, "classes", None) or dataset.categories)
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line on stderr (exit status 2)."""
 
-
-def _loader(dataset, batch_size: int, shuffle: bool, workers: int, sampler=None, seed: int = 0):
-    from focalops.data import collate
-
-    generator = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=shuffle and sampler is None,
-        sampler=sampler,
-        num_workers=workers,
-        collate_fn=collate,
-        generator=generator,
-        persistent_workers=workers > 0,
-        drop_last=shuffle,
-    )
-
-
-def _device(name: str, local_rank: int = 0) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank)
-    return device
-
-
-def _amp_dtype(args, device: torch.device) -> Optional[torch.dtype]:
-    if not args.amp:
-        return None
-    if device.type == "cpu" and args.amp_dtype != "bf16":
-        raise SystemExit("focalops: --amp on CPU supports --amp-dtype bf16 only")
-    return _AMP_DTYPES[args.amp_dtype]
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 # ---- train -----------------------------------------------------------------------------------
-def train(args) -> dict:
-    """Trains a RetinaNet; returns the final metrics (rank 0; an empty dict on other ranks)."""
-    import torch.distributed as dist
-    from tqdm import tqdm
+def _train(args, explicit: Set[str]) -> int:
+    import torch
 
-    from focalops.engine import autocast, coco_map, lr_factor, save_checkpoint
+    from focalops.engine import TrainConfig, TrainingInterrupted, load_checkpoint, train
+    from focalops.models import RetinaNet, load_torchvision_weights
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = _device(args.device, local_rank)
-    if world > 1:
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    main = rank == 0
-    torch.manual_seed(args.seed + rank)
-    amp_dtype = _amp_dtype(args, device)
-
-    train_set = build_dataset(args, train=True)
-    classes = class_names(train_set)
-    sampler = (
-        torch.utils.data.DistributedSampler(train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed)
-        if world > 1
-        else None
+    progress = not args.no_progress
+    saved_classes = None
+    if args.resume:
+        # Continue the run as it was: every flag not given now comes from the checkpoint.
+        saved = load_checkpoint(args.resume)
+        for key, value in saved.get("args", {}).items():
+            if key not in explicit and key not in _NOT_RESTORED and hasattr(args, key):
+                setattr(args, key, value)
+        if "out" not in explicit:  # the run goes on in the checkpoint's folder, wherever it is now
+            args.out = os.path.dirname(os.path.abspath(args.resume))
+        saved_classes = saved.get("classes")
+    spec = _data_spec(args)
+    if saved_classes and spec.dataset != "shapes" and "classes" not in explicit:
+        spec = spec.replace(classes=saved_classes)  # the label order of the run being continued
+    config = TrainConfig(
+        iters=args.iters,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_iters=args.warmup_iters,
+        lr_steps=args.lr_steps,
+        clip_grad=args.clip_grad,
+        amp=args.amp_dtype if args.amp else None,
+        device=args.device,
+        seed=args.seed,
+        workers=args.workers,
+        out=args.out,
+        checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every,
+        resume=args.resume,
+        progress=progress,
     )
-    loader = _loader(train_set, args.batch_size, True, args.workers, sampler, args.seed)
-    if len(loader) == 0:
-        raise SystemExit(f"focalops: the training set ({len(train_set)} images) is smaller than one batch")
-    total = args.iters if args.iters else args.epochs * len(loader)
-
-    torch.manual_seed(args.seed)  # identical initial weights on every rank
+    # The training set, and with --eval the validation set, are built and checked (every file, box
+    # and label) before the first iteration.
+    train_set = spec.build("train", progress=progress)
+    val_set = spec.build("val", classes=train_set.classes, progress=progress) if args.eval else None
+    torch.manual_seed(args.seed)  # the initial weights (identical on every rank)
     model = RetinaNet(
-        len(classes),
+        len(train_set.classes),
         args.backbone,
         frozen_bn=args.frozen_bn,
         ops=args.ops,
@@ -138,190 +92,174 @@ def train(args) -> dict:
     )
     if args.backbone_weights:
         load_torchvision_weights(model.backbone, args.backbone_weights)
-    model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    if args.optimizer == "sgd":
-        optimizer = torch.optim.SGD(params, lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
-    steps = [float(s) for s in args.lr_steps.split(",") if s]
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, total, args.warmup_iters, steps))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    iteration = 0
-    if args.resume:
-        ckpt = torch.load(args.resume, map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        iteration = ckpt["iteration"]
-    net = model
-    if world > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
-        )
+    run = {k: v for k, v in vars(args).items() if k not in _NOT_RESTORED}
+    try:
+        train(model, train_set, val_set, config, metadata={"data": spec.to_dict(), "args": run})
+    except TrainingInterrupted as stop:
+        if stop.checkpoint:
+            print(
+                f"focalops train: stopped at iteration {stop.iteration}; saved {stop.checkpoint} "
+                f"(continue with: focalops train --resume {stop.checkpoint})",
+                file=sys.stderr,
+            )
+        return 130
+    return 0
 
-    os.makedirs(args.out, exist_ok=True)
-    log_path = os.path.join(args.out, "train_log.jsonl")
-    extra = {"classes": classes, "image_size": args.image_size, "max_size": args.max_size, "args": vars(args)}
-    if main:
+
+def _data_spec(args):
+    """The DataSpec of the data flags."""
+    from focalops.data import DataSpec
+
+    return DataSpec(**{k: getattr(args, k) for k in DataSpec.__dataclass_fields__})
+
+
+# ---- eval / predict --------------------------------------------------------------------------
+def _checkpoint_spec(ckpt: Dict, args, explicit: Set[str]):
+    """The data a checkpoint was trained on, with the data flags given now applied."""
+    from focalops.data import DataSpec
+    from focalops.errors import ConfigError
+
+    given = {k: getattr(args, k) for k in DataSpec.__dataclass_fields__ if k in explicit}
+    saved = ckpt.get("data")
+    if not isinstance(saved, dict):
+        if "dataset" not in given:
+            raise ConfigError(
+                f"{args.checkpoint} does not record its data (not written by focalops train): pass --dataset and "
+                "its flags"
+            )
+        return DataSpec(**given)
+    base = DataSpec.from_dict(saved)
+    if given.get("dataset", base.dataset) != base.dataset:  # another kind of data: only the scale carries over
+        base = DataSpec(image_size=base.image_size, max_size=base.max_size, dataset=given["dataset"])
+    return base.replace(**given)
+
+
+def _eval(args, explicit: Set[str]) -> int:
+    from focalops.engine import evaluate, load_model
+
+    progress = not args.no_progress
+    model, ckpt = load_model(args.checkpoint, score_thresh=args.score_thresh)
+    spec = _checkpoint_spec(ckpt, args, explicit)
+    dataset = spec.build("val", classes=_classes(ckpt, model), progress=progress)
+    source = dataset.describe()
+    if spec.val_is_train():
+        source += " - the training images: no separate validation data was given (--val-root / --val-ann-file)"
+    print(f"focalops eval: {len(dataset)} images from {source}", flush=True)
+    metrics = evaluate(
+        model,
+        dataset,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        device=args.device,
+        amp=args.amp_dtype if args.amp else None,
+        progress=progress,
+    )
+    print("focalops eval: " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()), flush=True)
+    return 0
+
+
+def _classes(ckpt: Dict, model) -> List[str]:
+    classes = ckpt.get("classes")
+    return list(classes) if classes else [str(k) for k in range(model.num_classes)]
+
+
+def _predict(args, explicit: Set[str]) -> int:
+    from PIL import Image
+
+    from focalops.data import IMAGE_EXTENSIONS, read_image
+    from focalops.engine import detect, draw, load_model, records, resolve_device, write_detections
+    from focalops.errors import ConfigError
+
+    # The model keeps every score; --score-thresh applies after, so the best score is known.
+    model, ckpt = load_model(args.checkpoint, score_thresh=0.0)
+    model.to(resolve_device(args.device)).eval()
+    classes = _classes(ckpt, model)
+    spec = _checkpoint_spec(ckpt, args, explicit) if isinstance(ckpt.get("data"), dict) else None
+    image_size, max_size = (spec.image_size, spec.max_size) if spec else (args.image_size, args.max_size)
+    folder = args.image is not None and os.path.isdir(args.image)
+    if folder:
+        names = sorted(n for n in os.listdir(args.image) if os.path.splitext(n)[1].lower() in IMAGE_EXTENSIONS)
+        if not names:
+            raise ConfigError(f"--image {args.image}: the folder holds no image ({', '.join(IMAGE_EXTENSIONS)})")
+        inputs = [os.path.join(args.image, n) for n in names]
+        pictures = _picture_names(inputs, args.output or "predictions") if not args.no_draw else {}
+        if pictures:
+            os.makedirs(args.output or "predictions", exist_ok=True)
+    else:
+        inputs = [args.image]
+        pictures = {} if args.no_draw else {args.image: args.output or "prediction.png"}
+    rows = []
+    for path in inputs:
+        if path is None:
+            if spec is None:
+                raise ConfigError(f"{args.checkpoint} does not record its data: pass --image")
+            dataset = spec.build("val", classes=classes, raw=True)
+            if not 0 <= args.val_index < len(dataset):
+                raise ConfigError(f"--val-index must be in [0, {len(dataset)}), got {args.val_index}")
+            image = dataset[args.val_index][0]
+            name = f"validation image {args.val_index} of {spec.dataset}"
+        else:
+            image, name = read_image(path), path
+        found = detect(
+            model,
+            image,
+            image_size=image_size,
+            max_size=max_size,
+            tile=args.tile,
+            overlap=args.tile_overlap,
+            batch_size=args.batch_size,
+            score_thresh=args.score_thresh,
+            progress=not args.no_progress,
+        )
+        rows += records(name, found, classes)
+        output = pictures.get(path)
+        if output:
+            picture = Image.fromarray(image.mul(255).round().byte().permute(1, 2, 0).numpy())
+            draw(picture, found, classes).save(output)
+        _report(name, found, args.score_thresh, output, classes, detail=not folder)
+    for path, fmt in ((args.json, "json"), (args.csv, "csv")):
+        if path:
+            write_detections(path, rows, fmt)
+            print(f"focalops predict: {len(rows)} detections -> {path}")
+    return 0
+
+
+def _picture_names(paths: List[str], folder: str) -> Dict[str, str]:
+    """Input image -> output PNG in ``folder``: ``<stem>.png``, or ``<stem>_<ext>.png`` where two
+    inputs share a stem."""
+    stems = [os.path.splitext(os.path.basename(p)) for p in paths]
+    shared = {stem for stem, _ in stems if sum(s == stem for s, _ in stems) > 1}
+    return {
+        p: os.path.join(folder, f"{stem}_{ext[1:]}.png" if stem in shared else f"{stem}.png")
+        for p, (stem, ext) in zip(paths, stems)
+    }
+
+
+def _report(name: str, found: Dict, thresh: float, output: Optional[str], classes: List[str], detail: bool) -> None:
+    """One line per image (and, for a single image, its detections); when nothing passed the
+    threshold, the best score the model gave."""
+    count = found["scores"].numel()
+    where = f" -> {output}" if output else ""
+    if count:
+        print(f"focalops predict: {name}: {count} detections (score >= {thresh:g}){where}")
+    elif found["best_score"] is None:
+        print(f"focalops predict: {name}: no detections (the model returned no box at all){where}")
+    else:
         print(
-            f"focalops train: {args.backbone} on {args.dataset} ({len(train_set)} images, {len(classes)} classes), "
-            f"{total} iterations x {args.batch_size} images x {world} process(es), device {device}, "
-            f"amp {args.amp_dtype if amp_dtype else 'off'}, ops {args.ops}",
-            flush=True,
+            f"focalops predict: {name}: no detection scored >= {thresh:g} (the best score was "
+            f"{found['best_score']:.3f}; lower --score-thresh to see more){where}"
         )
-    seen, tick = 0, time.perf_counter()  # images and time since the last log line
-    bar = tqdm(total=total, initial=iteration, desc="train", disable=not main or args.no_progress, dynamic_ncols=True)
-    net.train()
-    epoch = iteration // len(loader)
-    while iteration < total:
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        for images, targets in loader:
-            if iteration >= total:
-                break
-            images = [im.to(device, non_blocking=True) for im in images]
-            with autocast(device, amp_dtype):
-                losses = net(images, targets)
-            loss = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if args.clip_grad > 0:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, args.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            iteration += 1
-            seen += len(images) * world
-            bar.update(1)
-            if iteration % args.log_every == 0 or iteration == total:
-                # Reading the losses syncs the device: only every log_every steps.
-                values = {k: float(v.detach()) for k, v in losses.items()}
-                images_per_s = seen / max(time.perf_counter() - tick, 1e-9)
-                seen, tick = 0, time.perf_counter()
-                if not all(math.isfinite(v) for v in values.values()):
-                    raise FloatingPointError(f"focalops train: non-finite loss at iteration {iteration}: {values}")
-                if main:
-                    bar.set_postfix(
-                        loss=f"{sum(values.values()):.3f}",
-                        cls=f"{values['classification']:.3f}",
-                        box=f"{values['bbox_regression']:.3f}",
-                        img_s=f"{images_per_s:.1f}",
-                        lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                    )
-                    record = {
-                        "iteration": iteration,
-                        **values,
-                        "lr": scheduler.get_last_lr()[0],
-                        "images_per_s": images_per_s,
-                    }
-                    with open(log_path, "a") as f:
-                        f.write(json.dumps(record) + "\n")
-            if main and (iteration % args.checkpoint_every == 0 or iteration == total):
-                save_checkpoint(os.path.join(args.out, "last.pth"), model, optimizer, scheduler, iteration, extra)
-        epoch += 1
-    bar.close()
-    metrics = {}
-    if main and args.eval:
-        val_loader = _loader(build_dataset(args, train=False), args.batch_size, False, args.workers)
-        metrics = coco_map(model, val_loader, len(classes), device, amp_dtype, progress=not args.no_progress)
-        print("focalops train: val mAP " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()), flush=True)
-        with open(os.path.join(args.out, "metrics.json"), "w") as f:
-            json.dump(metrics, f)
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return metrics
+    if detail:
+        from focalops.engine import records
+
+        for row in records(name, {k: v[:_SHOWN_DETECTIONS] for k, v in found.items() if k != "best_score"}, classes):
+            box = [row[k] for k in ("xmin", "ymin", "xmax", "ymax")]
+            print(f"  {row['label']:<12} {row['score']:.3f}  {box}")
+        if count > _SHOWN_DETECTIONS:
+            print(f"  ... and {count - _SHOWN_DETECTIONS} more (--json / --csv write them all)")
 
 
-# ---- eval / predict / bench ------------------------------------------------------------------
-def evaluate(args) -> dict:
-    from focalops.engine import coco_map, load_model
-
-    device = _device(args.device)
-    model, ckpt = load_model(args.checkpoint, score_thresh=args.score_thresh)
-    saved = ckpt.get("args", {})
-    for key in ("image_size", "max_size", "num_classes", "max_objects", "data_seed"):
-        if getattr(args, key) is None:
-            setattr(args, key, saved.get(key, _DATA_DEFAULTS[key]))
-    dataset = build_dataset(args, train=False)
-    loader = _loader(dataset, args.batch_size, False, args.workers)
-    metrics = coco_map(
-        model.to(device),
-        loader,
-        model.num_classes,
-        device,
-        _amp_dtype(args, device),
-        progress=not args.no_progress,
-    )
-    print(
-        f"focalops eval: {len(dataset)} images  " + "  ".join(f"{k} {v:.3f}" for k, v in metrics.items()),
-        flush=True,
-    )
-    return metrics
-
-
-def predict(args) -> List[dict]:
-    import numpy as np
-    from PIL import Image, ImageDraw
-
-    from focalops.data import Resize
-    from focalops.engine import load_model
-
-    device = _device(args.device)
-    model, ckpt = load_model(args.checkpoint, score_thresh=args.score_thresh)
-    model.to(device).eval()
-    classes = ckpt.get("classes") or [str(k) for k in range(model.num_classes)]
-    if args.image:
-        with Image.open(args.image) as im:
-            picture = im.convert("RGB")
-    else:
-        from focalops.data import ShapesDataset
-
-        saved = ckpt.get("args", {})
-        shapes = ShapesDataset(
-            args.shapes_index + 1,
-            image_size=saved.get("image_size", 192),
-            num_classes=model.num_classes,
-            max_objects=saved.get("max_objects", 5),
-            seed=saved.get("data_seed", 0) + 1_000_003,
-        )
-        picture = Image.fromarray(shapes.generate(args.shapes_index)[0])
-    image = torch.from_numpy(np.asarray(picture).copy()).permute(2, 0, 1).float().div_(255)
-    size = args.image_size or ckpt.get("image_size")
-    empty = {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)}
-    resized, _ = Resize(size, args.max_size or ckpt.get("max_size"))(image, empty) if size else (image, None)
-    with torch.no_grad():
-        out = model([resized.to(device)])[0]
-    scale = torch.tensor([image.shape[-1] / resized.shape[-1], image.shape[-2] / resized.shape[-2]] * 2)
-    boxes = (out["boxes"].float().cpu() * scale).tolist()
-    draw = ImageDraw.Draw(picture)
-    palette = [
-        (230, 25, 75),
-        (60, 180, 75),
-        (255, 225, 25),
-        (0, 130, 200),
-        (245, 130, 48),
-        (145, 30, 180),
-        (70, 240, 240),
-    ]
-    results = []
-    for box, score, label in zip(boxes, out["scores"].tolist(), out["labels"].tolist()):
-        colour = palette[label % len(palette)]
-        text = f"{classes[label]} {score:.2f}"
-        draw.rectangle(box, outline=colour, width=2)
-        tx, ty = box[0] + 1, max(0, box[1] - 11)
-        draw.rectangle(draw.textbbox((tx, ty), text), fill=colour)
-        draw.text((tx, ty), text, fill=(0, 0, 0))
-        results.append({"box": [round(v, 1) for v in box], "score": round(score, 4), "label": classes[label]})
-    picture.save(args.output)
-    print(f"focalops predict: {len(results)} detections -> {args.output}")
-    for r in results:
-        print(f"  {r['label']:<12} {r['score']:.3f}  {r['box']}")
-    return results
-
-
+# ---- bench -----------------------------------------------------------------------------------
 def bench(argv: List[str]) -> int:
     # An editable install maps only the focalops package: find benchmarks/ beside it.
     checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -341,85 +279,108 @@ def bench(argv: List[str]) -> int:
 
 
 # ---- argument parsing ------------------------------------------------------------------------
-_DATA_DEFAULTS = {"image_size": 192, "max_size": None, "num_classes": 3, "max_objects": 5, "data_seed": 0}
+def _positive_numbers(count: int, what: str):
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != count or not all(math.isfinite(v) and v > 0 for v in values):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+        return tuple(int(v) if v.is_integer() else v for v in values)
+
+    return parse
 
 
-def _anchor_sizes(text: str) -> tuple:
+_anchor_sizes = _positive_numbers(5, "five positive numbers (P3-P7)")
+
+
+def _fractions(text: str) -> tuple:
     try:
-        sizes = tuple(float(v) for v in text.split(","))
+        values = tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        sizes = ()
-    if len(sizes) != 5 or not all(math.isfinite(v) and v > 0 for v in sizes):
-        raise argparse.ArgumentTypeError(f"expected five positive numbers (P3-P7), got {text!r}")
-    return tuple(int(v) if v.is_integer() else v for v in sizes)
+        raise argparse.ArgumentTypeError(f"expected fractions in (0, 1] separated by commas, got {text!r}") from None
+    if not all(0 < v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected fractions in (0, 1] separated by commas, got {text!r}")
+    return values
 
 
-def _add_data_args(p: argparse.ArgumentParser, from_checkpoint: bool = False) -> None:
-    d = (lambda key: None) if from_checkpoint else (lambda key: _DATA_DEFAULTS[key])
-    note = " (default: as the checkpoint was trained)" if from_checkpoint else ""
-    g = p.add_argument_group("data")
+def _names(text: str) -> List[str]:
+    names = [n.strip() for n in text.split(",")]
+    if not all(names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected distinct non-empty names separated by commas, got {text!r}")
+    return names
+
+
+def _add_data_args(p: argparse.ArgumentParser, for_eval: bool = False) -> None:
+    """The data flags; ``eval`` and ``predict`` take them as overrides of the checkpoint's."""
+    note = " (default: as the checkpoint was trained)" if for_eval else ""
+    g = p.add_argument_group("data" + note)
     g.add_argument(
         "--dataset",
-        choices=["shapes", "coco", "voc"],
         default="shapes",
-        help="shapes: the embedded synthetic set (offline); coco: COCO JSON; voc: Pascal VOC folder. Default shapes",
+        help="shapes: the embedded synthetic set (offline); coco: COCO JSON; voc: Pascal VOC XML (a VOCdevkit "
+        "folder or a flat folder of XML beside the images). Default shapes",
     )
     g.add_argument(
         "--image-size",
         type=int,
-        default=d("image_size"),
-        help="shapes: image side in pixels; coco/voc: shorter side after resizing. Default 192" + note,
+        default=192,
+        help="shapes: image side in pixels; coco/voc: shorter side after resizing. Default 192",
     )
-    g.add_argument(
-        "--max-size",
-        type=int,
-        default=d("max_size"),
-        help="coco/voc: cap on the longer side after resizing" + note,
-    )
-    g.add_argument(
-        "--num-classes",
-        type=int,
-        default=d("num_classes"),
-        help="shapes: number of shape classes, 1-6. Default 3" + note,
-    )
-    g.add_argument(
-        "--max-objects",
-        type=int,
-        default=d("max_objects"),
-        help="shapes: at most this many shapes per image. Default 5" + note,
-    )
-    g.add_argument(
-        "--data-seed",
-        type=int,
-        default=d("data_seed"),
-        help="shapes: seed of the generated images. Default 0" + note,
-    )
-    g.add_argument("--train-images", type=int, default=2000, help="shapes: training images per epoch. Default 2000")
+    g.add_argument("--max-size", type=int, help="coco/voc: cap on the longer side after resizing")
+    if not for_eval:
+        g.add_argument(
+            "--classes",
+            type=_names,
+            help="coco/voc: class names a,b,c (label order). Default: discovered from the training annotations "
+            "(sorted; coco: its categories), stored in the checkpoint",
+        )
+    g.add_argument("--num-classes", type=int, default=3, help="shapes: number of shape classes, 1-6. Default 3")
+    g.add_argument("--max-objects", type=int, default=5, help="shapes: at most this many shapes per image. Default 5")
+    g.add_argument("--data-seed", type=int, default=0, help="shapes: seed of the generated images. Default 0")
+    if not for_eval:
+        g.add_argument("--train-images", type=int, default=2000, help="shapes: training images. Default 2000")
     g.add_argument("--val-images", type=int, default=200, help="shapes: validation images. Default 200")
     g.add_argument(
         "--data-root",
-        help="coco: training image folder; voc: the VOC folder (holding Annotations/, JPEGImages/)",
+        help="coco: training image folder; voc: a VOCdevkit year folder (Annotations/, JPEGImages/, "
+        "ImageSets/Main/) or a flat folder of .xml files beside their images",
     )
     g.add_argument("--ann-file", help="coco: training annotation JSON")
-    g.add_argument("--val-root", help="coco/voc: validation image folder / VOC folder (default: --data-root)")
-    g.add_argument("--val-ann-file", help="coco: validation annotation JSON (default: --ann-file)")
     g.add_argument(
-        "--train-split",
-        default="trainval",
-        help="voc: training image set (ImageSets/Main/<name>.txt). Default trainval",
+        "--val-root",
+        help="coco: validation image folder; voc: validation folder, either layout (default: --data-root)",
     )
-    g.add_argument("--val-split", default="test", help="voc: validation image set. Default test")
+    g.add_argument("--val-ann-file", help="coco: validation annotation JSON (default: --ann-file)")
+    if not for_eval:
+        g.add_argument(
+            "--train-split",
+            help="voc, VOCdevkit layout: training image set (ImageSets/Main/<name>.txt). Default trainval",
+        )
+    g.add_argument("--val-split", help="voc, VOCdevkit layout: validation image set. Default test")
+    g.add_argument(
+        "--voc-one-based",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="voc: boxes in the Pascal devkit's 1-based pixel coordinates, taken as (xmin-1, ymin-1, xmax, ymax) "
+        "(the default); --no-voc-one-based for 0-based tools (LabelImg, DeepForest): boxes as written",
+    )
     g.add_argument("--workers", type=int, default=2, help="data loader worker processes. Default 2")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="focalops", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = _Parser(prog="focalops", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="on failure, show the Python traceback")
 
     p = sub.add_parser(
-        "train", help="train a RetinaNet", description="Train a RetinaNet (then evaluate it with --eval)."
+        "train",
+        parents=[common],
+        help="train a RetinaNet",
+        description="Train a RetinaNet (then evaluate it with --eval). Ctrl-C saves a checkpoint; --resume "
+        "continues it exactly.",
     )
     _add_data_args(p)
     g = p.add_argument_group("model")
@@ -459,73 +420,114 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup-iters", type=int, default=100, help="linear warm-up iterations. Default 100")
     g.add_argument(
         "--lr-steps",
-        default="0.67,0.89",
+        type=_fractions,
+        default=(0.67, 0.89),
         help="fractions of the run where the LR drops x10. Default 0.67,0.89",
     )
     g.add_argument("--clip-grad", type=float, default=10.0, help="gradient-norm clipping (0: off). Default 10")
     g.add_argument("--amp", action="store_true", help="autocast mixed precision (--amp-dtype)")
     g.add_argument(
         "--amp-dtype",
-        choices=sorted(_AMP_DTYPES),
+        choices=_AMP_DTYPES,
         default="bf16",
         help="bf16 (CPU or CUDA) or fp16 (CUDA, with loss scaling). Default bf16",
     )
     g.add_argument("--flip", type=float, default=0.5, help="probability of a horizontal flip. Default 0.5")
     g = p.add_argument_group("run")
-    g.add_argument("--seed", type=int, default=0, help="seed of weights and data order. Default 0")
+    g.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentation. Default 0")
     g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto. Default auto")
     g.add_argument(
         "--out",
         default="runs/retinanet",
         help="folder for last.pth, train_log.jsonl, metrics.json. Default runs/retinanet",
     )
-    g.add_argument("--resume", help="checkpoint to resume from (weights, optimiser, schedule, iteration)")
+    g.add_argument(
+        "--resume",
+        help="continue the run a checkpoint was saved from, in the checkpoint's folder (weights, optimiser, "
+        "schedule, data order; every flag not given again)",
+    )
     g.add_argument(
         "--checkpoint-every",
         type=int,
         default=500,
-        help="save last.pth every N iterations (and at the end). Default 500",
+        help="save last.pth every N iterations (also at the end and on Ctrl-C). Default 500",
     )
     g.add_argument("--log-every", type=int, default=10, help="log the losses every N iterations. Default 10")
-    g.add_argument("--eval", action="store_true", help="report COCO mAP on the validation split after training")
+    g.add_argument(
+        "--eval",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="report COCO mAP on the validation data after training (checked before the first iteration)",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = sub.add_parser(
         "eval",
+        parents=[common],
         help="COCO mAP (AP, AP50, AP75) of a checkpoint",
-        description="COCO mAP of a checkpoint (pycocotools).",
+        description="COCO mAP of a checkpoint (pycocotools) on the validation data it was trained with (restored "
+        "from the checkpoint: dataset, folders, splits, classes, image size; data flags override).",
     )
     p.add_argument("checkpoint", help="a last.pth written by train")
-    _add_data_args(p, from_checkpoint=True)
+    _add_data_args(p, for_eval=True)
     p.add_argument("--batch-size", type=int, default=8, help="images per batch. Default 8")
     p.add_argument("--score-thresh", type=float, default=0.05, help="detection score threshold. Default 0.05")
     p.add_argument("--amp", action="store_true", help="autocast mixed precision")
-    p.add_argument("--amp-dtype", choices=sorted(_AMP_DTYPES), default="bf16", help="bf16 or fp16 (CUDA). Default bf16")
+    p.add_argument("--amp-dtype", choices=_AMP_DTYPES, default="bf16", help="bf16 or fp16 (CUDA). Default bf16")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto. Default auto")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser(
         "predict",
-        help="draw detections on an image",
-        description="Draw detections (boxes, labels, scores) on an image; write a PNG.",
+        parents=[common],
+        help="draw detections on images; write them as JSON/CSV",
+        description="Detect objects on an image or a folder of images at their full size (whole, resized to the "
+        "training scale, or in tiles with --tile for large rasters); draw them (PNG) and/or write them "
+        "(--json, --csv).",
     )
     p.add_argument("checkpoint", help="a last.pth written by train")
-    p.add_argument("--image", help="input image (any format PIL reads); default: a validation image of the shapes set")
     p.add_argument(
-        "--shapes-index",
+        "--image",
+        help="an image (any format PIL reads) or a folder of images; default: a validation image of the checkpoint's "
+        "data (--val-index)",
+    )
+    p.add_argument(
+        "--val-index",
         type=int,
         default=0,
-        help="which shapes validation image to use without --image. Default 0",
+        help="which validation image of the checkpoint's data to use without --image. Default 0",
     )
-    p.add_argument("--output", "-o", default="prediction.png", help="output PNG. Default prediction.png")
-    p.add_argument("--score-thresh", type=float, default=0.3, help="draw detections above this score. Default 0.3")
+    p.add_argument(
+        "--output",
+        "-o",
+        help="output PNG (default prediction.png), or for a folder of images the output folder (default predictions)",
+    )
+    p.add_argument("--no-draw", action="store_true", help="write no pictures (with --json / --csv)")
+    p.add_argument("--json", help="write every detection to this JSON file")
+    p.add_argument("--csv", help="write every detection to this CSV file (image_path,xmin,ymin,xmax,ymax,label,score)")
+    p.add_argument("--score-thresh", type=float, default=0.3, help="keep detections above this score. Default 0.3")
+    p.add_argument(
+        "--tile",
+        type=int,
+        help="cut the image into SIZE x SIZE pixel tiles, each resized as the training images were, and merge their "
+        "detections (large rasters: use about the size of the training images)",
+    )
+    p.add_argument(
+        "--tile-overlap",
+        type=float,
+        default=0.25,
+        help="overlap of neighbouring tiles, a fraction of --tile; objects up to that size are seen whole in some "
+        "tile. Default 0.25",
+    )
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass. Default 4")
     p.add_argument(
         "--image-size",
         type=int,
-        help="resize the shorter side to this first (default: as trained for coco/voc)",
+        help="resize the shorter side (of the image or of each tile) to this (default: as trained)",
     )
-    p.add_argument("--max-size", type=int, help="cap on the longer side when resizing")
+    p.add_argument("--max-size", type=int, help="cap on the longer side when resizing (default: as trained)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto. Default auto")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar over tiles")
 
     p = sub.add_parser(
         "bench",
@@ -541,16 +543,60 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _explicit(argv: List[str], command: str) -> Set[str]:
+    """The options given on the command line (not taken from their defaults)."""
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for action in subparsers.choices[command]._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv))) - {"command"}
+
+
+def _failure(exc: BaseException) -> tuple:
+    """``(exit status, one-line message)`` for an exception that ends a command."""
+    from focalops.errors import CheckpointError, ConfigError, DataError, one_line
+
+    if isinstance(exc, ConfigError):
+        return 2, one_line(exc, limit=1000)
+    if isinstance(exc, (DataError, CheckpointError)):
+        return 1, one_line(exc, limit=1000)
+    if isinstance(exc, KeyboardInterrupt):
+        return 130, "interrupted"
+    if isinstance(exc, FloatingPointError):
+        return 1, f"training diverged: {one_line(exc)}"
+    if isinstance(exc, ModuleNotFoundError) and exc.name in _EXTRA_PACKAGES:
+        return 1, f"needs the Python package {_EXTRA_PACKAGES[exc.name]!r}: pip install 'focalops[cli]'"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return 1, f"{exc.filename}: {exc.strerror or one_line(exc)}"
+    return 1, f"internal error: {type(exc).__name__}: {one_line(exc)} (run again with --debug for the traceback)"
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    """Warnings as ``focalops: warning: <message>`` lines (no source line, no location)."""
+    with warnings.catch_warnings():
+        warnings.showwarning = lambda message, category, *rest, **kw: print(
+            f"focalops: warning: {message}", file=sys.stderr
+        )
+        yield
+
+
+_COMMANDS = {"train": _train, "eval": _eval, "predict": _predict}
+
+
 def main(argv: Optional[List[str]] = None) -> int:
+    """Runs the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:
         # Everything after `bench` belongs to the benchmark runner (its own --help included).
         return bench(argv[1:])
-    args = build_parser().parse_args(argv)
-    if args.command == "train":
-        train(args)
-    elif args.command == "eval":
-        evaluate(args)
-    else:
-        predict(args)
-    return 0
+    args = build_parser().parse_args(argv)  # a usage error: one line, exit status 2
+    try:
+        with _one_line_warnings():
+            return _COMMANDS[args.command](args, _explicit(argv, args.command))
+    except (Exception, KeyboardInterrupt) as exc:
+        if getattr(args, "debug", False):
+            raise
+        status, message = _failure(exc)
+        print(f"focalops {args.command}: error: {message}", file=sys.stderr)
+        return status

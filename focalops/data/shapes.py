@@ -120,6 +120,11 @@ class ShapesDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.transforms = transforms
 
+    def describe(self) -> str:
+        """What the images are, in words (for logs)."""
+        h, w = self.image_size
+        return f"the synthetic shapes set ({w} x {h} px, seed {self.seed})"
+
     def __len__(self) -> int:
         return self.num_images
 

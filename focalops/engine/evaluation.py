@@ -1,14 +1,53 @@
-"""Training loop and COCO-style evaluation for :class:`focalops.models.RetinaNet` (used by the CLI)."""
+"""Devices, mixed precision, and COCO box mAP of a detector on a dataset."""
 
 import contextlib
 import io
-import os
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional
 
 import torch
 from torch import nn
 
-from focalops.models import RetinaNet
+from focalops.errors import ConfigError
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``; a bare
+    ``"cuda"`` is the process's ``local_rank`` GPU.
+
+    Raises:
+        ConfigError: an unknown device name, or CUDA asked for without a GPU.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: no CUDA device is available")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    elif device.type != "cpu":
+        raise ConfigError(f"--device must be cpu, cuda, cuda:N or auto, got {name!r}")
+    return device
+
+
+def amp_dtype(name: Optional[str], device: torch.device) -> Optional[torch.dtype]:
+    """The autocast dtype for ``name`` (``None``, ``"bf16"`` or ``"fp16"``) on ``device``.
+
+    Raises:
+        ConfigError: an unknown name, or fp16 on CPU (bf16 only there).
+    """
+    if name is None:
+        return None
+    if name not in AMP_DTYPES:
+        raise ConfigError(f"--amp-dtype must be one of {', '.join(sorted(AMP_DTYPES))}, got {name!r}")
+    if device.type == "cpu" and name != "bf16":
+        raise ConfigError("--amp on CPU supports --amp-dtype bf16 only")
+    return AMP_DTYPES[name]
 
 
 def autocast(device: torch.device, dtype: Optional[torch.dtype]):
@@ -18,39 +57,32 @@ def autocast(device: torch.device, dtype: Optional[torch.dtype]):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def lr_factor(
-    iteration: int, total: int, warmup_iters: int, steps: Sequence[float], warmup_factor: float = 0.001
-) -> float:
-    """LR multiplier: linear warm-up from ``warmup_factor`` over ``warmup_iters``, then x0.1 at
-    each fraction in ``steps`` of ``total`` iterations."""
-    factor = 0.1 ** sum(iteration >= int(s * total) for s in steps)
-    if iteration < warmup_iters:
-        alpha = iteration / warmup_iters
-        factor *= warmup_factor * (1 - alpha) + alpha
-    return factor
+def evaluate(
+    model: nn.Module,
+    dataset: torch.utils.data.Dataset,
+    *,
+    batch_size: int = 8,
+    workers: int = 0,
+    device: str = "auto",
+    amp: Optional[str] = None,
+    progress: bool = True,
+) -> Dict[str, float]:
+    """COCO box mAP (``{"AP", "AP50", "AP75"}``) of ``model`` on ``dataset`` (its labels index the
+    model's classes), on ``device`` with ``amp`` (None, ``"bf16"`` or ``"fp16"``) autocast.
 
+    Raises:
+        ConfigError: a bad device, amp setting or batch size.
+        DataError: an image of the dataset does not load.
+    """
+    from focalops.data import collate
 
-def save_checkpoint(path: str, model: RetinaNet, optimizer, scheduler, iteration: int, extra: Dict) -> None:
-    """Writes model weights, optimiser and schedule state atomically (write, then rename)."""
-    state = {
-        "model": model.state_dict(),
-        "config": model.config,
-        "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "iteration": iteration,
-        **extra,
-    }
-    tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_model(path: str, map_location="cpu", **overrides) -> tuple:
-    """Builds the model a checkpoint describes and loads its weights: returns ``(model, checkpoint)``."""
-    ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    model = RetinaNet(**{**ckpt["config"], **overrides})
-    model.load_state_dict(ckpt["model"])
-    return model, ckpt
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {batch_size}")
+    target = resolve_device(device)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, num_workers=workers, collate_fn=collate, persistent_workers=False
+    )
+    return coco_map(model.to(target), loader, model.num_classes, target, amp_dtype(amp, target), progress=progress)
 
 
 @torch.no_grad()
