@@ -2,6 +2,7 @@
 eager model's detections in a fresh process at other batch and image sizes; every public op
 exports on its own with dynamic sizes."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import torch
 
 import focalops
 from focalops.engine import save_checkpoint
-from focalops.export import export_checkpoint, read_metadata
+from focalops.export import add_export_arguments, aoti_path, export_checkpoint, read_metadata, run_export
 from focalops.models import RetinaNet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -114,6 +115,41 @@ def test_exported_program_metadata_and_dynamic_shapes(exported):
     assert any(n.target == torch.ops.focalops.postprocess.default for n in ep.graph.nodes)
     with pytest.raises(AssertionError, match="129"):
         ep.module()(torch.rand(1, 3, 128, 200))
+
+
+def _run_command(argv):
+    """``focalops export ARGV`` through the functions the CLI wires in."""
+    parser = argparse.ArgumentParser(prog="focalops export")
+    add_export_arguments(parser)
+    return run_export(parser.parse_args(argv))
+
+
+def test_export_command_arguments(exported, tmp_path, capsys):
+    _, ckpt, _ = exported
+    out = str(tmp_path / "cli.pt2")
+    assert _run_command([ckpt, "-o", out, "--score-thresh", "0.5", "--image-size", "200"]) == out
+    assert "wrote " + out in capsys.readouterr().out
+    meta = read_metadata(out)
+    assert meta["config"]["score_thresh"] == 0.5 and meta["image_size"] == 200 and meta["classes"] == CLASSES
+    assert not os.path.exists(aoti_path(out))
+    with pytest.raises(SystemExit):
+        _run_command([ckpt])  # -o is required
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("FOCALOPS_AOTI_TESTS"),
+    reason="AOTInductor compiles C++ for minutes (~2.5 min on 2 cores): set FOCALOPS_AOTI_TESTS=1 to run",
+)
+def test_aoti_package_matches_eager_in_fresh_process(exported, tmp_path):
+    model, ckpt, _ = exported
+    out = str(tmp_path / "model.pt2")
+    _run_command([ckpt, "-o", out, "--score-thresh", str(SCORE_THRESH), "--aoti"])
+    package = aoti_path(out)
+    assert package == str(tmp_path / "model.aoti.pt2")
+    assert read_metadata(package) == read_metadata(out)
+    # Inductor fuses and reorders float math: equal up to rounding, same detections.
+    _check_matches_eager(model, _run_fresh(package, "aoti", tmp_path), atol=1e-3)
 
 
 def test_export_rejects_reference_ops_and_bad_sizes():
