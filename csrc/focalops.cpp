@@ -50,6 +50,6 @@ TORCH_LIBRARY(focalops, m) {
   m.def("nms(Tensor boxes, Tensor scores, float iou_threshold) -> Tensor");
   m.def("batched_nms(Tensor boxes, Tensor scores, Tensor idxs, float iou_threshold) -> Tensor");
   m.def(
-      "postprocess(Tensor cls_logits, Tensor box_deltas, Tensor anchors, int[] level_sizes, Tensor image_sizes, "
+      "postprocess(Tensor cls_logits, Tensor box_deltas, Tensor anchors, SymInt[] level_sizes, Tensor image_sizes, "
       "float score_thresh, int topk_candidates, float nms_thresh, int detections_per_img) -> (Tensor, Tensor, Tensor, Tensor)");
 }

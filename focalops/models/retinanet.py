@@ -13,6 +13,9 @@ from focalops.models.resnet import ResNet
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _PAD_MULTIPLE = 32  # torchvision's size_divisible; anchors then use torchvision's strides
+# Smallest H, W of an exported program: every level P3-P7 (stride up to 128) at least 2 x 2, since
+# torch.export traces sizes >= 2 generically and specialises (or refuses) sizes of 1.
+EXPORT_MIN_SIZE = 129
 
 
 class _Ops(NamedTuple):
@@ -78,6 +81,17 @@ class _Subnet(nn.Module):
                 .reshape(n, -1, self.per_anchor)
             )
         return torch.cat(outs, dim=1)
+
+
+class _BatchDetector(nn.Module):
+    """The module `RetinaNet.export` traces: ``forward`` is the model's :meth:`RetinaNet.detect_batch`."""
+
+    def __init__(self, model: "RetinaNet"):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        return self.model.detect_batch(images)
 
 
 class RetinaNet(nn.Module):
@@ -239,10 +253,7 @@ class RetinaNet(nn.Module):
                     f"RetinaNet: images must be [B, 3, H, W] or a list of [3, H, W], got {list(images.shape)}"
                 )
             sizes = [(images.shape[-2], images.shape[-1])] * images.shape[0]
-            batch = (images - self.pixel_mean) / self.pixel_std
-            pad_h = -images.shape[-2] % _PAD_MULTIPLE
-            pad_w = -images.shape[-1] % _PAD_MULTIPLE
-            return F.pad(batch, (0, pad_w, 0, pad_h)), sizes
+            return self._normalize_and_pad(images), sizes
         if not isinstance(images, (list, tuple)) or len(images) == 0:
             raise ValueError("RetinaNet: images must be a non-empty list of [3, H, W] tensors or a [B, 3, H, W] tensor")
         for i, img in enumerate(images):
@@ -258,6 +269,15 @@ class RetinaNet(nn.Module):
         for img, pad in zip(images, batch):
             pad[:, : img.shape[-2], : img.shape[-1]].copy_((img - mean) / std)
         return batch, sizes
+
+    def _normalize_and_pad(self, images: Tensor) -> Tensor:
+        """``[B, 3, H, W]`` in [0, 1] -> normalised ``[B, 3, H', W']``, zero-padded at the bottom and
+        right to ``H', W'``, the next multiples of 32 (shape arithmetic only: traceable with
+        symbolic sizes)."""
+        batch = (images - self.pixel_mean) / self.pixel_std
+        pad_h = -images.shape[-2] % _PAD_MULTIPLE
+        pad_w = -images.shape[-1] % _PAD_MULTIPLE
+        return F.pad(batch, (0, pad_w, 0, pad_h))
 
     @torch.compiler.disable
     def _pad_targets(self, targets, num_images: int, device) -> Tuple[Tensor, Tensor, Tensor]:
@@ -338,14 +358,96 @@ class RetinaNet(nn.Module):
             if targets is None:
                 raise ValueError("RetinaNet: targets are required in training mode (call model.eval() for inference)")
             gt = self._pad_targets(targets, batch.shape[0], batch.device)
-        features = self.fpn(self.backbone(batch))
-        cls_logits = self.classification_head(features)
-        box_deltas = self.regression_head(features)
-        anchors, level_sizes = self._anchors(features, batch.shape[-2:])
+        cls_logits, box_deltas, anchors, level_sizes = self._heads(batch)
         if self.training:
             return self.compute_loss(cls_logits, box_deltas, anchors, *gt)
         image_sizes = torch.tensor(sizes, dtype=torch.int64, device=batch.device)
         return self.detect(cls_logits, box_deltas, anchors, level_sizes, image_sizes)
+
+    def detect_batch(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """Padded detections of a batch of same-size images with no host read: the inference
+        path that `export` traces (normalise, pad to 32, backbone, FPN, heads, anchors,
+        post-processing), valid for symbolic ``B``, ``H`` and ``W``.
+
+        Args:
+            images (Tensor[B, 3, H, W]): float images in [0, 1].
+
+        Returns:
+            (boxes Tensor[B, D, 4], scores Tensor[B, D], labels Tensor[B, D] int64, counts Tensor[B] int64)
+            with ``D = detections_per_img``: image ``b``'s detections are the first ``counts[b]``
+            rows, by decreasing score (padding: boxes and scores 0, labels -1), as
+            :func:`focalops.postprocess`.
+
+        Raises:
+            ValueError: ``images`` is not ``[B, 3, H, W]``.
+        """
+        if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3:
+            shape = list(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"RetinaNet.detect_batch: images must be [B, 3, H, W], got {shape}")
+        cls_logits, box_deltas, anchors, level_sizes = self._heads(self._normalize_and_pad(images))
+        # (height, width) of every image from shape arithmetic, not a host list.
+        n, _, h, w = images.shape
+        image_sizes = torch.stack([images.new_full((n,), h), images.new_full((n,), w)], dim=1)
+        return self._postprocess(cls_logits, box_deltas, anchors, level_sizes, image_sizes)
+
+    def export(
+        self,
+        example_size: Tuple[int, int] = (512, 512),
+        *,
+        example_batch: int = 2,
+        max_batch: int = 1024,
+        max_image_size: int = 8192,
+    ) -> "torch.export.ExportedProgram":
+        """A ``torch.export`` program of the inference path (:meth:`detect_batch`) with dynamic
+        batch size, height and width.
+
+        The program takes a float ``Tensor[B, 3, H, W]`` in [0, 1] (``1 <= B <= max_batch``,
+        ``129 <= H, W <= max_image_size``: each pyramid level at least 2 x 2; pad smaller images)
+        and returns the padded ``(boxes [B, D, 4], scores [B, D], labels [B, D], counts [B])`` of
+        :meth:`detect_batch`; the settings (thresholds, ``D``) are the model's at export time.
+        It is traced in eval mode on the model's device and dtype (the model's mode is restored).
+        Running the loaded program needs only ``import focalops`` (for ``torch.ops.focalops``)
+        and ``torch.export.load(path).module()``; a size out of range fails its input guard.
+
+        Args:
+            example_size ((int, int)): ``(H, W)`` of the example batch traced; any size in range
+                runs afterwards. Default (512, 512).
+            example_batch (int): ``B`` of the example batch, ``>= 2`` (torch.export specialises
+                sizes 0 and 1). Default 2.
+            max_batch, max_image_size (int): upper bounds of the dynamic sizes. Default 1024, 8192.
+
+        Raises:
+            ValueError: ``ops`` is not ``"focalops"`` (the reference ops read sizes on the host), an
+                example size out of range.
+        """
+        if self.ops != "focalops":
+            raise ValueError(f"RetinaNet.export: needs ops='focalops', got {self.ops!r}")
+        if example_batch < 2 or example_batch > max_batch:
+            raise ValueError(f"RetinaNet.export: example_batch must be in [2, {max_batch}], got {example_batch}")
+        if not all(EXPORT_MIN_SIZE <= s <= max_image_size for s in example_size):
+            raise ValueError(
+                f"RetinaNet.export: example_size must be in [{EXPORT_MIN_SIZE}, {max_image_size}], got {example_size}"
+            )
+        weight = next(self.parameters())
+        example = torch.rand(example_batch, 3, *example_size, device=weight.device, dtype=weight.dtype)
+        dims = {
+            0: torch.export.Dim("batch", min=1, max=max_batch),
+            2: torch.export.Dim("height", min=EXPORT_MIN_SIZE, max=max_image_size),
+            3: torch.export.Dim("width", min=EXPORT_MIN_SIZE, max=max_image_size),
+        }
+        was_training = self.training
+        self.eval()
+        try:
+            return torch.export.export(_BatchDetector(self), (example,), dynamic_shapes=(dims,))
+        finally:
+            self.train(was_training)
+
+    def _heads(self, batch: Tensor) -> Tuple[Tensor, Tensor, Tensor, List[int]]:
+        """Head outputs ``[B, A, K]``, ``[B, A, 4]`` and anchors ``[A, 4]`` with the anchors per
+        level of a normalised, padded ``[B, 3, H, W]`` batch."""
+        features = self.fpn(self.backbone(batch))
+        anchors, level_sizes = self._anchors(features, batch.shape[-2:])
+        return self.classification_head(features), self.regression_head(features), anchors, level_sizes
 
     def _anchors(self, features: List[Tensor], padded_size) -> Tuple[Tensor, List[int]]:
         return self.anchor_generator(
@@ -384,8 +486,19 @@ class RetinaNet(nn.Module):
         image_sizes: Tensor,
     ) -> List[Dict[str, Tensor]]:
         """Per-image detections from the head outputs (batched post-processing, then one split)."""
+        boxes, scores, labels, counts = self._postprocess(cls_logits, box_deltas, anchors, level_sizes, image_sizes)
+        # The only host read of the eval path: the number of detections of each image.
+        return [
+            {"boxes": b[:n], "scores": s[:n], "labels": lab[:n]}
+            for b, s, lab, n in zip(boxes, scores, labels, counts.tolist())
+        ]
+
+    def _postprocess(
+        self, cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, level_sizes: List[int], image_sizes: Tensor
+    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The padded ``(boxes, scores, labels, counts)`` of the batch with the model's settings."""
         cfg = self.config
-        boxes, scores, labels, counts = self._ops.postprocess(
+        return self._ops.postprocess(
             cls_logits,
             box_deltas,
             anchors,
@@ -396,8 +509,3 @@ class RetinaNet(nn.Module):
             nms_thresh=cfg["nms_thresh"],
             detections_per_img=cfg["detections_per_img"],
         )
-        # The only host read of the eval path: the number of detections of each image.
-        return [
-            {"boxes": b[:n], "scores": s[:n], "labels": lab[:n]}
-            for b, s, lab, n in zip(boxes, scores, labels, counts.tolist())
-        ]

@@ -26,8 +26,10 @@ class AnchorGenerator:
 
     Anchors are ordered level, then y, then x, then cell anchor: ``[A, 4]`` with
     ``A = sum_l H_l * W_l * len(ratios) * len(scales)``, as ``(x1, y1, x2, y2)``.
-    Results are cached per (feature sizes, device, dtype); the cached tensor is returned as is,
-    so treat it as read-only.
+    Eager results are cached per (feature sizes, strides, device, dtype); the cached tensor is
+    returned as is, so treat it as read-only. Under tracing (``torch.export``,
+    ``torch.compile``) the anchors are built with tensor ops from the (possibly symbolic)
+    feature sizes instead, uncached.
 
     Args:
         sizes (sequence of float): base anchor size of each level. Default (32, 64, 128, 256, 512).
@@ -92,22 +94,31 @@ class AnchorGenerator:
         Raises:
             ValueError: ``feature_sizes`` does not have one ``(height, width)`` per level.
         """
-        sizes = tuple((int(h), int(w)) for h, w in feature_sizes)
-        if len(sizes) != len(self.strides):
+        if len(feature_sizes) != len(self.strides):
             raise ValueError(
                 "AnchorGenerator: feature_sizes must give one (height, width) per level "
-                f"({len(self.strides)}), got {len(sizes)}"
+                f"({len(self.strides)}), got {len(feature_sizes)}"
             )
-        if image_size is None:
-            strides = tuple((s, s) for s in self.strides)
-        else:
-            strides = tuple((int(image_size[0]) // h, int(image_size[1]) // w) for h, w in sizes)
         device = torch.device(device if device is not None else "cpu")
+        if torch.compiler.is_compiling():
+            # Traced (torch.export, torch.compile): sizes may be symbolic (SymInt) and the
+            # anchors are graph ops of them; the int-keyed cache is for eager calls only.
+            sizes = tuple((h, w) for h, w in feature_sizes)
+            return self._build(sizes, self._level_strides(sizes, image_size), device, dtype)
+        sizes = tuple((int(h), int(w)) for h, w in feature_sizes)
+        image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
+        strides = self._level_strides(sizes, image_size)
         key = (sizes, strides, device, dtype)
         if key not in self._cache:
             self._cache[key] = self._build(sizes, strides, device, dtype)
         anchors, level_sizes = self._cache[key]
         return anchors, list(level_sizes)
+
+    def _level_strides(self, sizes, image_size) -> Tuple:
+        """``(stride_y, stride_x)`` per level: nominal, or torchvision's ``image_size // feature_size``."""
+        if image_size is None:
+            return tuple((s, s) for s in self.strides)
+        return tuple((image_size[0] // h, image_size[1] // w) for h, w in sizes)
 
     def for_image_size(
         self, height: int, width: int, device=None, dtype: torch.dtype = torch.float32

@@ -132,7 +132,7 @@ def postprocess(
         cls_logits (Tensor[B, A, K]): class logits, float32 / float64 / float16 / bfloat16.
         box_deltas (Tensor[B, A, 4]): regression deltas ``(dx, dy, dw, dh)``.
         anchors (Tensor[A, 4]): ``(x1, y1, x2, y2)`` anchors, shared by the images.
-        level_sizes (list of int): anchors per pyramid level, summing to ``A``.
+        level_sizes (list of int or SymInt): anchors per pyramid level, summing to ``A``.
         image_sizes (Tensor[B, 2]): ``(height, width)`` of each image (boxes are clipped to it).
         score_thresh (float): minimum score (exclusive), ``>= 0``. Default 0.05.
         topk_candidates (int): candidates kept per image and level, ``>= 1``. Default 1000.
@@ -174,7 +174,8 @@ def postprocess(
     for name, t in (("box_deltas", box_deltas), ("anchors", anchors), ("image_sizes", image_sizes)):
         if t.device != cls_logits.device:
             raise ValueError(f"{op}: {name} must be on {cls_logits.device}, got {t.device}")
-    level_sizes = [int(s) for s in level_sizes]
+    # Symbolic sizes (torch.export / torch.compile tracing) stay symbolic: the schema takes SymInt[].
+    level_sizes = [s if isinstance(s, torch.SymInt) else int(s) for s in level_sizes]
     if any(s < 0 for s in level_sizes) or sum(level_sizes) != num_anchors:
         raise ValueError(f"{op}: level_sizes must be >= 0 and sum to A = {num_anchors}, got {level_sizes}")
     _check_threshold(op, "score_thresh", score_thresh)

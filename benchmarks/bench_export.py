@@ -1,0 +1,48 @@
+"""Deployment latency: the RetinaNet inference path eager (``model.detect_batch``) vs the
+``torch.export`` program (``model.export()``, run with ``.module()``) vs the AOTInductor package of
+that program, at batch 1 and 8, one program per impl serving both batch sizes (dynamic shapes).
+
+Not in the default suite: AOTInductor compiles C++ for minutes on a few cores. Run it with
+``python -m benchmarks --only export [--device cpu|cuda] [--quick]``; ``speedup`` is vs eager.
+"""
+
+import os
+import tempfile
+from typing import Dict, List
+
+import torch
+
+from benchmarks import common
+from focalops.models import RetinaNet
+
+NUM_CLASSES = 80
+
+
+def run(device: str, quick: bool) -> List[Dict]:
+    # Quick sizes stay >= 129, the smallest an exported program takes.
+    if device.startswith("cuda"):
+        backbone, size = "resnet50", (512 if quick else 800)
+    else:
+        backbone, size = "resnet18", (160 if quick else 256)
+    torch.manual_seed(0)
+    model = RetinaNet(NUM_CLASSES, backbone).to(device).eval()
+    program = model.export(example_size=(size, size))
+    with tempfile.TemporaryDirectory() as tmp:
+        package = torch._inductor.aoti_compile_and_package(program, package_path=os.path.join(tmp, "model.pt2"))
+        impls = {
+            "eager": model.detect_batch,
+            "export": program.module(),
+            "aoti": torch._inductor.aoti_load_package(package),
+        }
+        g = torch.Generator().manual_seed(0)
+        rows = []
+        for batch in (1, 8):
+            images = torch.rand(batch, 3, size, size, generator=g).to(device)
+            shape = f"{backbone} {batch}x3x{size}x{size} K={NUM_CLASSES}"
+            for impl, fn in impls.items():
+                with torch.no_grad():
+                    t = common.measure(lambda: fn(images), device, warmup=2, repeat=3 if quick else 10, max_seconds=30)
+                note = f"{batch / (t['ms'] * 1e-3):.1f} img/s"
+                rows.append(common.row("retinanet_infer", impl, "fwd", device, "float32", shape, t, note=note))
+    common.add_speedups(rows, baseline="eager")
+    return rows
