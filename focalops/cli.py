@@ -17,6 +17,7 @@ import sys
 import warnings
 from typing import Dict, List, Optional, Set
 
+from focalops.export import add_export_arguments, run_export
 from focalops.models import backbone_names
 
 # The packages of the `focalops[cli]` extra, by import name: a missing one is named in one line.
@@ -530,6 +531,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bar over tiles")
 
     p = sub.add_parser(
+        "export",
+        parents=[common],
+        help="write the whole detector as a torch.export program (and an AOTInductor package)",
+        description="Exports the inference path of a checkpoint (normalise, pad, backbone, FPN, heads, anchors, "
+        "post-processing) as one torch.export program with dynamic batch and image size; load it with "
+        "`import focalops; torch.export.load(path).module()`.",
+    )
+    add_export_arguments(p)
+
+    p = sub.add_parser(
         "bench",
         help="run the benchmark suite (python -m benchmarks)",
         add_help=False,
@@ -581,7 +592,12 @@ def _one_line_warnings():
         yield
 
 
-_COMMANDS = {"train": _train, "eval": _eval, "predict": _predict}
+def _export(args, explicit) -> int:
+    run_export(args)
+    return 0
+
+
+_COMMANDS = {"train": _train, "eval": _eval, "predict": _predict, "export": _export}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -65,7 +65,7 @@ def run(tmp_path_factory):
 def test_help_documents_every_flag(capsys):
     parser = cli.build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subparsers.choices) == {"train", "eval", "predict", "bench"}
+    assert set(subparsers.choices) == {"train", "eval", "predict", "export", "bench"}
     for name, sub in subparsers.choices.items():
         for action in sub._actions:
             if not isinstance(action, argparse._HelpAction):

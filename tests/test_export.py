@@ -2,7 +2,6 @@
 eager model's detections in a fresh process at other batch and image sizes; every public op
 exports on its own with dynamic sizes."""
 
-import argparse
 import os
 import subprocess
 import sys
@@ -11,8 +10,9 @@ import pytest
 import torch
 
 import focalops
+from focalops import cli
 from focalops.engine import save_checkpoint
-from focalops.export import add_export_arguments, aoti_path, export_checkpoint, read_metadata, run_export
+from focalops.export import aoti_path, export_checkpoint, read_metadata
 from focalops.models import RetinaNet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -118,22 +118,22 @@ def test_exported_program_metadata_and_dynamic_shapes(exported):
 
 
 def _run_command(argv):
-    """``focalops export ARGV`` through the functions the CLI wires in."""
-    parser = argparse.ArgumentParser(prog="focalops export")
-    add_export_arguments(parser)
-    return run_export(parser.parse_args(argv))
+    """``focalops export ARGV`` through the CLI; returns the program path."""
+    assert cli.main(["export", *argv]) == 0
+    return argv[argv.index("-o") + 1]
 
 
 def test_export_command_arguments(exported, tmp_path, capsys):
     _, ckpt, _ = exported
     out = str(tmp_path / "cli.pt2")
     assert _run_command([ckpt, "-o", out, "--score-thresh", "0.5", "--image-size", "200"]) == out
+    assert os.path.exists(out)
     assert "wrote " + out in capsys.readouterr().out
     meta = read_metadata(out)
     assert meta["config"]["score_thresh"] == 0.5 and meta["image_size"] == 200 and meta["classes"] == CLASSES
     assert not os.path.exists(aoti_path(out))
     with pytest.raises(SystemExit):
-        _run_command([ckpt])  # -o is required
+        cli.main(["export", ckpt])  # -o is required
 
 
 @pytest.mark.slow
