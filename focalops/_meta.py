@@ -89,12 +89,19 @@ def _box_iou_fake(boxes1, boxes2):
     return boxes1.new_empty((boxes1.shape[0], boxes2.shape[0]))
 
 
+def _check_box_weights(op, weights):
+    torch._check(
+        len(weights) == 4 and all(w > 0 and math.isfinite(w) for w in weights),
+        lambda: f"{op}: weights must be 4 positive finite numbers (wx, wy, ww, wh), got {list(weights)}",
+    )
+
+
 def _check_coder(op, name, a, anchors, weights):
     _check_box_dtype(op, name, a)
     torch._check(a.dim() >= 1 and a.shape[-1] == 4, lambda: f"{op}: {name} must be [..., 4], got {a.shape}")
     torch._check(anchors.dim() >= 1 and anchors.shape[-1] == 4, lambda: f"{op}: anchors must be [..., 4]")
     torch._check(anchors.dtype == a.dtype, lambda: f"{op}: anchors must have the dtype of {name}")
-    torch._check(len(weights) == 4, lambda: f"{op}: weights must have 4 entries, got {len(weights)}")
+    _check_box_weights(op, weights)
 
 
 @torch.library.register_fake("focalops::encode_boxes")
@@ -106,12 +113,14 @@ def _encode_boxes_fake(gt, anchors, weights):
 @torch.library.register_fake("focalops::decode_boxes")
 def _decode_boxes_fake(deltas, anchors, weights, clamp):
     _check_coder("decode_boxes", "deltas", deltas, anchors, weights)
+    torch._check(not math.isnan(clamp), lambda: "decode_boxes: clamp must be a number, got nan")
     return torch.empty_like(deltas, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("focalops::_decode_boxes_backward")
 def _decode_boxes_backward_fake(grad, deltas, anchors, weights, clamp):
     _check_coder("_decode_boxes_backward", "deltas", deltas, anchors, weights)
+    torch._check(not math.isnan(clamp), lambda: "_decode_boxes_backward: clamp must be a number, got nan")
     torch._check(
         grad.shape == deltas.shape and grad.dtype == deltas.dtype and grad.device == deltas.device,
         lambda: "_decode_boxes_backward: grad must have the shape, dtype and device of deltas",
@@ -132,19 +141,26 @@ def _assign_fake(anchors, gt_boxes, gt_counts, fg_iou, bg_iou, allow_low_quality
         gt_boxes.dim() == 3 and gt_boxes.shape[2] == 4,
         lambda: f"assign: gt_boxes must be [B, G, 4], got {gt_boxes.shape}",
     )
-    torch._check(bg_iou <= fg_iou, lambda: f"assign: need bg_iou <= fg_iou, got fg_iou={fg_iou} and bg_iou={bg_iou}")
+    torch._check(
+        0 <= bg_iou <= fg_iou <= 1,
+        lambda: f"assign: need 0 <= bg_iou <= fg_iou <= 1, got fg_iou={fg_iou} and bg_iou={bg_iou}",
+    )
     return anchors.new_empty((gt_boxes.shape[0], anchors.shape[0]), dtype=torch.int64)
 
 
 @torch.library.register_fake("focalops::retinanet_targets")
-def _retinanet_targets_fake(matched, gt_boxes, gt_labels, anchors, weights):
+def _retinanet_targets_fake(matched, gt_boxes, gt_labels, anchors, weights, num_classes=None):
     torch._check(
         matched.dtype == torch.int64 and matched.dim() == 2,
         lambda: "retinanet_targets: matched must be int64 [B, A]",
     )
     _check_box_dtype("retinanet_targets", "gt_boxes", gt_boxes)
     torch._check(anchors.dtype == gt_boxes.dtype, lambda: "retinanet_targets: anchors must have the dtype of gt_boxes")
-    torch._check(len(weights) == 4, lambda: f"retinanet_targets: weights must have 4 entries, got {len(weights)}")
+    _check_box_weights("retinanet_targets", weights)
+    torch._check(
+        num_classes is None or num_classes >= 0,
+        lambda: f"retinanet_targets: num_classes must be >= 0, got {num_classes}",
+    )
     B, A = matched.shape
     return (
         matched.new_empty((B, A)),

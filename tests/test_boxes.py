@@ -177,6 +177,41 @@ def test_coder_bad_input():
         focalops.encode_boxes(a.long(), a)
     with pytest.raises(RuntimeError, match="do not repeat evenly"):
         torch.ops.focalops.decode_boxes(torch.zeros(5, 4), torch.zeros(2, 4), [1.0, 1.0, 1.0, 1.0], 4.0)
+    with pytest.raises(ValueError, match="clamp must be a number, got nan"):
+        focalops.decode_boxes(a, a, clamp=math.nan)
+
+
+@pytest.mark.parametrize("weights", [[1.0, 1.0, 0.0, 1.0], [1.0, -1.0, 1.0, 1.0], [math.inf, 1.0, 1.0, 1.0], [1.0] * 3])
+def test_coder_cpp_checks_stand_alone(weights):
+    """torch.ops.focalops.* skips the Python wrapper: the C++ checks must hold on their own."""
+    a = torch.zeros(5, 4)
+    msg = "weights must be 4 positive finite numbers"
+    with pytest.raises(RuntimeError, match="encode_boxes: " + msg):
+        torch.ops.focalops.encode_boxes(a, a, weights)
+    with pytest.raises(RuntimeError, match="decode_boxes: " + msg):
+        torch.ops.focalops.decode_boxes(a, a, weights, 4.0)
+    with pytest.raises(RuntimeError, match="_decode_boxes_backward: " + msg):
+        torch.ops.focalops._decode_boxes_backward(a, a, a, weights, 4.0)
+
+
+def test_decode_nan_clamp_is_rejected_by_the_op():
+    a = torch.zeros(5, 4)
+    with pytest.raises(RuntimeError, match="decode_boxes: clamp must be a number, got nan"):
+        torch.ops.focalops.decode_boxes(a, a, [1.0] * 4, math.nan)
+    with pytest.raises(RuntimeError, match="_decode_boxes_backward: clamp must be a number, got nan"):
+        torch.ops.focalops._decode_boxes_backward(a, a, a, [1.0] * 4, math.nan)
+
+
+def test_decode_nan_and_inf_deltas_follow_torchvision(device):
+    """A NaN dw stays NaN (torch.clamp), never the clamp's box; +-inf clamp and deltas are the limits."""
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0]], device=device)
+    deltas = torch.tensor(
+        [[0.0, 0.0, math.nan, 0.0], [0.0, 0.0, math.inf, -math.inf], [math.inf, 0.0, 1.0, 1.0]], device=device
+    )
+    for clamp in (math.log(1000.0 / 16), math.inf, -math.inf):
+        out = focalops.decode_boxes(deltas, anchors, clamp=clamp)
+        torch.testing.assert_close(out, reference.decode_boxes(deltas, anchors, clamp=clamp), equal_nan=True)
+    assert torch.isnan(focalops.decode_boxes(deltas[:1], anchors)[0, [0, 2]]).all()
 
 
 @settings(max_examples=40, deadline=None)
