@@ -179,7 +179,7 @@ def _check_nms_args(op, boxes, scores, iou_threshold):
     )
     torch._check(boxes.dtype in FLOATS, lambda: f"{op}: boxes must be floating, got {boxes.dtype}")
     torch._check(scores.dtype in FLOATS, lambda: f"{op}: scores must be floating, got {scores.dtype}")
-    torch._check(iou_threshold >= 0, lambda: f"{op}: iou_threshold must be >= 0, got {iou_threshold}")
+    torch._check(0 <= iou_threshold <= 1, lambda: f"{op}: iou_threshold must be in [0, 1], got {iou_threshold}")
 
 
 def _nms_output(boxes):
@@ -233,11 +233,12 @@ def _postprocess_fake(
         lambda: f"postprocess: box_deltas, anchors and image_sizes must be {mt}",
     )
     torch._check(
-        sum(level_sizes) == a, lambda: f"postprocess: level_sizes must sum to A = {a}, got {list(level_sizes)}"
+        all(s >= 0 for s in level_sizes) and sum(level_sizes) == a,
+        lambda: f"postprocess: level_sizes must be >= 0 and sum to A = {a}, got {list(level_sizes)}",
     )
-    torch._check(score_thresh >= 0, lambda: f"postprocess: score_thresh must be >= 0, got {score_thresh}")
+    torch._check(0 <= score_thresh <= 1, lambda: f"postprocess: score_thresh must be in [0, 1], got {score_thresh}")
     torch._check(topk_candidates >= 1, lambda: f"postprocess: topk_candidates must be >= 1, got {topk_candidates}")
-    torch._check(nms_thresh >= 0, lambda: f"postprocess: nms_thresh must be >= 0, got {nms_thresh}")
+    torch._check(0 <= nms_thresh <= 1, lambda: f"postprocess: nms_thresh must be in [0, 1], got {nms_thresh}")
     torch._check(dets_per_img >= 0, lambda: f"postprocess: detections_per_img must be >= 0, got {dets_per_img}")
     d = dets_per_img
     return (
