@@ -267,6 +267,39 @@ def test_anchor_generator_cache_and_dtype(device):
     assert a3.dtype == torch.float64 and l1 == l3 and torch.equal(a3.float(), a1)
 
 
+def test_anchor_generator_large_strides_do_not_wrap():
+    """x * stride beyond 2^31 (int32 shifts wrapped to x1 = -1,048,592 here)."""
+    gen = focalops.AnchorGenerator(sizes=(32,), strides=(2**20,), ratios=(1.0,), scales=(1.0,))
+    anchors, _ = gen([(1, 4096)], dtype=torch.float64)
+    assert anchors[:, 0].tolist() == [x * 2**20 - 16 for x in range(4096)]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"strides": (0.5,)}, "strides must be whole numbers"),
+        ({"strides": (8.5,)}, "strides must be whole numbers"),
+        ({"strides": (math.inf,)}, "strides must be a non-empty sequence of positive finite numbers"),
+        ({"sizes": (math.nan,)}, "sizes must be a non-empty sequence of positive finite numbers"),
+        ({"sizes": (math.inf,)}, "sizes must be"),
+        ({"ratios": (math.inf,)}, "ratios must be"),
+        ({"scales": ("2",)}, "scales must be"),
+    ],
+)
+def test_anchor_generator_bad_numbers(kwargs, match):
+    args = {"sizes": (32,), "strides": (8,), "ratios": (1.0,), "scales": (1.0,), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        focalops.AnchorGenerator(**args)
+
+
+def test_anchor_generator_integral_float_stride_and_negative_feature_size():
+    gen = focalops.AnchorGenerator(sizes=(32,), strides=(8.0,), ratios=(1.0,), scales=(1.0,))
+    want = focalops.AnchorGenerator(sizes=(32,), strides=(8,), ratios=(1.0,), scales=(1.0,))([(3, 5)])[0]
+    assert torch.equal(gen([(3, 5)])[0], want)
+    with pytest.raises(ValueError, match=r"feature sizes must be >= 0, got \[\(-1, 5\)\]"):
+        gen([(-1, 5)])
+
+
 def test_anchor_generator_bad_input():
     with pytest.raises(ValueError, match="one entry per level"):
         focalops.AnchorGenerator(sizes=(32, 64), strides=(8,))
