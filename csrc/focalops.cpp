@@ -36,14 +36,15 @@ TORCH_LIBRARY(focalops, m) {
 
   // Boxes (x1, y1, x2, y2), anchor assignment and box coding. The coders' anchors hold M rows of
   // 4 that repeat along the other operand's rows (e.g. deltas [B, A, 4] with anchors [A, 4]).
+  // retinanet_targets: the label of every matched box must be >= 0 (and < num_classes if given).
   m.def("box_iou(Tensor boxes1, Tensor boxes2) -> Tensor");
   m.def("assign(Tensor anchors, Tensor gt_boxes, Tensor gt_counts, float fg_iou, float bg_iou, bool allow_low_quality) -> Tensor");
   m.def("encode_boxes(Tensor gt, Tensor anchors, float[] weights) -> Tensor");
   m.def("decode_boxes(Tensor deltas, Tensor anchors, float[] weights, float clamp) -> Tensor");
   m.def("_decode_boxes_backward(Tensor grad, Tensor deltas, Tensor anchors, float[] weights, float clamp) -> Tensor");
   m.def(
-      "retinanet_targets(Tensor matched, Tensor gt_boxes, Tensor gt_labels, Tensor anchors, float[] weights) -> "
-      "(Tensor, Tensor, Tensor)");
+      "retinanet_targets(Tensor matched, Tensor gt_boxes, Tensor gt_labels, Tensor anchors, float[] weights, "
+      "int? num_classes=None) -> (Tensor, Tensor, Tensor)");
 
   // NMS (greedy, decreasing score, ties by lower index; IoU in float32) -> int64 kept indices,
   // and RetinaNet post-processing padded to detections_per_img -> (boxes, scores, labels, counts).

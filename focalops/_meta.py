@@ -89,12 +89,19 @@ def _box_iou_fake(boxes1, boxes2):
     return boxes1.new_empty((boxes1.shape[0], boxes2.shape[0]))
 
 
+def _check_box_weights(op, weights):
+    torch._check(
+        len(weights) == 4 and all(w > 0 and math.isfinite(w) for w in weights),
+        lambda: f"{op}: weights must be 4 positive finite numbers (wx, wy, ww, wh), got {list(weights)}",
+    )
+
+
 def _check_coder(op, name, a, anchors, weights):
     _check_box_dtype(op, name, a)
     torch._check(a.dim() >= 1 and a.shape[-1] == 4, lambda: f"{op}: {name} must be [..., 4], got {a.shape}")
     torch._check(anchors.dim() >= 1 and anchors.shape[-1] == 4, lambda: f"{op}: anchors must be [..., 4]")
     torch._check(anchors.dtype == a.dtype, lambda: f"{op}: anchors must have the dtype of {name}")
-    torch._check(len(weights) == 4, lambda: f"{op}: weights must have 4 entries, got {len(weights)}")
+    _check_box_weights(op, weights)
 
 
 @torch.library.register_fake("focalops::encode_boxes")
@@ -106,12 +113,14 @@ def _encode_boxes_fake(gt, anchors, weights):
 @torch.library.register_fake("focalops::decode_boxes")
 def _decode_boxes_fake(deltas, anchors, weights, clamp):
     _check_coder("decode_boxes", "deltas", deltas, anchors, weights)
+    torch._check(not math.isnan(clamp), lambda: "decode_boxes: clamp must be a number, got nan")
     return torch.empty_like(deltas, memory_format=torch.contiguous_format)
 
 
 @torch.library.register_fake("focalops::_decode_boxes_backward")
 def _decode_boxes_backward_fake(grad, deltas, anchors, weights, clamp):
     _check_coder("_decode_boxes_backward", "deltas", deltas, anchors, weights)
+    torch._check(not math.isnan(clamp), lambda: "_decode_boxes_backward: clamp must be a number, got nan")
     torch._check(
         grad.shape == deltas.shape and grad.dtype == deltas.dtype and grad.device == deltas.device,
         lambda: "_decode_boxes_backward: grad must have the shape, dtype and device of deltas",
@@ -132,19 +141,26 @@ def _assign_fake(anchors, gt_boxes, gt_counts, fg_iou, bg_iou, allow_low_quality
         gt_boxes.dim() == 3 and gt_boxes.shape[2] == 4,
         lambda: f"assign: gt_boxes must be [B, G, 4], got {gt_boxes.shape}",
     )
-    torch._check(bg_iou <= fg_iou, lambda: f"assign: need bg_iou <= fg_iou, got fg_iou={fg_iou} and bg_iou={bg_iou}")
+    torch._check(
+        0 <= bg_iou <= fg_iou <= 1,
+        lambda: f"assign: need 0 <= bg_iou <= fg_iou <= 1, got fg_iou={fg_iou} and bg_iou={bg_iou}",
+    )
     return anchors.new_empty((gt_boxes.shape[0], anchors.shape[0]), dtype=torch.int64)
 
 
 @torch.library.register_fake("focalops::retinanet_targets")
-def _retinanet_targets_fake(matched, gt_boxes, gt_labels, anchors, weights):
+def _retinanet_targets_fake(matched, gt_boxes, gt_labels, anchors, weights, num_classes=None):
     torch._check(
         matched.dtype == torch.int64 and matched.dim() == 2,
         lambda: "retinanet_targets: matched must be int64 [B, A]",
     )
     _check_box_dtype("retinanet_targets", "gt_boxes", gt_boxes)
     torch._check(anchors.dtype == gt_boxes.dtype, lambda: "retinanet_targets: anchors must have the dtype of gt_boxes")
-    torch._check(len(weights) == 4, lambda: f"retinanet_targets: weights must have 4 entries, got {len(weights)}")
+    _check_box_weights("retinanet_targets", weights)
+    torch._check(
+        num_classes is None or num_classes >= 0,
+        lambda: f"retinanet_targets: num_classes must be >= 0, got {num_classes}",
+    )
     B, A = matched.shape
     return (
         matched.new_empty((B, A)),
@@ -163,7 +179,7 @@ def _check_nms_args(op, boxes, scores, iou_threshold):
     )
     torch._check(boxes.dtype in FLOATS, lambda: f"{op}: boxes must be floating, got {boxes.dtype}")
     torch._check(scores.dtype in FLOATS, lambda: f"{op}: scores must be floating, got {scores.dtype}")
-    torch._check(iou_threshold >= 0, lambda: f"{op}: iou_threshold must be >= 0, got {iou_threshold}")
+    torch._check(0 <= iou_threshold <= 1, lambda: f"{op}: iou_threshold must be in [0, 1], got {iou_threshold}")
 
 
 def _nms_output(boxes):
@@ -217,11 +233,12 @@ def _postprocess_fake(
         lambda: f"postprocess: box_deltas, anchors and image_sizes must be {mt}",
     )
     torch._check(
-        sum(level_sizes) == a, lambda: f"postprocess: level_sizes must sum to A = {a}, got {list(level_sizes)}"
+        all(s >= 0 for s in level_sizes) and sum(level_sizes) == a,
+        lambda: f"postprocess: level_sizes must be >= 0 and sum to A = {a}, got {list(level_sizes)}",
     )
-    torch._check(score_thresh >= 0, lambda: f"postprocess: score_thresh must be >= 0, got {score_thresh}")
+    torch._check(0 <= score_thresh <= 1, lambda: f"postprocess: score_thresh must be in [0, 1], got {score_thresh}")
     torch._check(topk_candidates >= 1, lambda: f"postprocess: topk_candidates must be >= 1, got {topk_candidates}")
-    torch._check(nms_thresh >= 0, lambda: f"postprocess: nms_thresh must be >= 0, got {nms_thresh}")
+    torch._check(0 <= nms_thresh <= 1, lambda: f"postprocess: nms_thresh must be in [0, 1], got {nms_thresh}")
     torch._check(dets_per_img >= 0, lambda: f"postprocess: detections_per_img must be >= 0, got {dets_per_img}")
     d = dets_per_img
     return (

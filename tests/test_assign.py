@@ -1,3 +1,4 @@
+import math
 
 import pytest
 import torch
@@ -115,8 +116,11 @@ def test_assign_bad_input():
         focalops.assign(anchors, gt, counts[:1])
     with pytest.raises(TypeError, match="gt_counts must be an integer"):
         focalops.assign(anchors, gt, counts.float())
-    with pytest.raises(ValueError, match="bg_iou <= fg_iou"):
-        focalops.assign(anchors, gt, counts, fg_iou=0.3, bg_iou=0.4)
+    for fg, bg in ((0.3, 0.4), (1.5, 0.4), (0.5, -1.0), (math.nan, 0.4), (0.5, math.nan)):
+        with pytest.raises(ValueError, match=r"need 0 <= bg_iou <= fg_iou <= 1"):
+            focalops.assign(anchors, gt, counts, fg_iou=fg, bg_iou=bg)
+        with pytest.raises(RuntimeError, match=r"need 0 <= bg_iou <= fg_iou <= 1"):
+            torch.ops.focalops.assign(anchors, gt, counts, fg, bg, True)
     with pytest.raises(RuntimeError, match=r"gt_counts must be in \[0, G\]"):
         focalops.assign(anchors, gt, torch.tensor([4, 0]))
     with pytest.raises(RuntimeError, match=r"gt_counts must be in \[0, G\]"):
@@ -180,6 +184,42 @@ def test_retinanet_targets_bad_input():
         focalops.retinanet_targets(torch.full_like(matched, 3), gt, labels, anchors)
     with pytest.raises(RuntimeError, match="matched values must be -2, -1 or a box index"):
         focalops.retinanet_targets(torch.full_like(matched, -3), gt, labels, anchors)
+    with pytest.raises(RuntimeError, match=r"weights must be 4 positive finite numbers"):
+        torch.ops.focalops.retinanet_targets(matched, gt, labels, anchors, [1.0, 1.0, math.nan, 1.0])
+    with pytest.raises(ValueError, match="num_classes must be an int >= 0"):
+        focalops.retinanet_targets(matched, gt, labels, anchors, num_classes=-1)
+    with pytest.raises(RuntimeError, match="num_classes must be >= 0"):
+        torch.ops.focalops.retinanet_targets(matched, gt, labels, anchors, [1.0] * 4, -1)
+
+
+def test_retinanet_targets_no_boxes_index_zero_is_an_error():
+    """G = 0: matched 0 points at no box (0 is not a "no error" value)."""
+    anchors, gt, _ = make_batch(2, 0, 30, 0)
+    matched = torch.full((2, 30), -1, dtype=torch.long)
+    matched[1, 7] = 0
+    with pytest.raises(RuntimeError, match=r"box index in \[0, G = 0\), got 0 for anchor 7 of image 1"):
+        focalops.retinanet_targets(matched, gt, torch.zeros(2, 0, dtype=torch.long), anchors)
+
+
+@pytest.mark.parametrize("label", [-5, -1, -2, 2**40])
+def test_retinanet_targets_bad_labels_of_matched_boxes(label):
+    anchors = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 1, 1]])
+    gt = torch.tensor([[0.0, 0, 10, 10], [20, 20, 30, 30], [50, 50, 60, 60]]).expand(2, 3, 4)
+    matched = focalops.assign(anchors, gt, torch.tensor([3, 3]))
+    assert matched.tolist() == [[0, 1, -1]] * 2
+    # box 2 is matched by no anchor: its label is never read; box 1 of image 1 is
+    labels = torch.tensor([[3, 4, label], [3, label, label]])
+    if label >= 0:
+        cls, _, _ = focalops.retinanet_targets(matched, gt, labels, anchors)  # no upper bound without num_classes
+        assert cls.tolist() == [[3, 4, -1], [3, label, -1]]
+        with pytest.raises(RuntimeError, match=rf"in \[0, num_classes = 80\), got {label} for box 1 of image 1"):
+            focalops.retinanet_targets(matched, gt, labels, anchors, num_classes=80)
+    else:
+        with pytest.raises(RuntimeError, match=rf"matched box must be >= 0, got {label} for box 1 of image 1"):
+            focalops.retinanet_targets(matched, gt, labels, anchors)
+    labels[1, 1] = 7
+    cls, _, _ = focalops.retinanet_targets(matched, gt, labels, anchors, num_classes=8)
+    assert cls.tolist() == [[3, 4, -1], [3, 7, -1]]
 
 
 # ---- torch.library / torch.compile

@@ -177,6 +177,41 @@ def test_coder_bad_input():
         focalops.encode_boxes(a.long(), a)
     with pytest.raises(RuntimeError, match="do not repeat evenly"):
         torch.ops.focalops.decode_boxes(torch.zeros(5, 4), torch.zeros(2, 4), [1.0, 1.0, 1.0, 1.0], 4.0)
+    with pytest.raises(ValueError, match="clamp must be a number, got nan"):
+        focalops.decode_boxes(a, a, clamp=math.nan)
+
+
+@pytest.mark.parametrize("weights", [[1.0, 1.0, 0.0, 1.0], [1.0, -1.0, 1.0, 1.0], [math.inf, 1.0, 1.0, 1.0], [1.0] * 3])
+def test_coder_cpp_checks_stand_alone(weights):
+    """torch.ops.focalops.* skips the Python wrapper: the C++ checks must hold on their own."""
+    a = torch.zeros(5, 4)
+    msg = "weights must be 4 positive finite numbers"
+    with pytest.raises(RuntimeError, match="encode_boxes: " + msg):
+        torch.ops.focalops.encode_boxes(a, a, weights)
+    with pytest.raises(RuntimeError, match="decode_boxes: " + msg):
+        torch.ops.focalops.decode_boxes(a, a, weights, 4.0)
+    with pytest.raises(RuntimeError, match="_decode_boxes_backward: " + msg):
+        torch.ops.focalops._decode_boxes_backward(a, a, a, weights, 4.0)
+
+
+def test_decode_nan_clamp_is_rejected_by_the_op():
+    a = torch.zeros(5, 4)
+    with pytest.raises(RuntimeError, match="decode_boxes: clamp must be a number, got nan"):
+        torch.ops.focalops.decode_boxes(a, a, [1.0] * 4, math.nan)
+    with pytest.raises(RuntimeError, match="_decode_boxes_backward: clamp must be a number, got nan"):
+        torch.ops.focalops._decode_boxes_backward(a, a, a, [1.0] * 4, math.nan)
+
+
+def test_decode_nan_and_inf_deltas_follow_torchvision(device):
+    """A NaN dw stays NaN (torch.clamp), never the clamp's box; +-inf clamp and deltas are the limits."""
+    anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0]], device=device)
+    deltas = torch.tensor(
+        [[0.0, 0.0, math.nan, 0.0], [0.0, 0.0, math.inf, -math.inf], [math.inf, 0.0, 1.0, 1.0]], device=device
+    )
+    for clamp in (math.log(1000.0 / 16), math.inf, -math.inf):
+        out = focalops.decode_boxes(deltas, anchors, clamp=clamp)
+        torch.testing.assert_close(out, reference.decode_boxes(deltas, anchors, clamp=clamp), equal_nan=True)
+    assert torch.isnan(focalops.decode_boxes(deltas[:1], anchors)[0, [0, 2]]).all()
 
 
 @settings(max_examples=40, deadline=None)
@@ -230,6 +265,39 @@ def test_anchor_generator_cache_and_dtype(device):
     assert a1 is a2 and a1.device.type == device
     a3, l3 = gen(sizes, device, torch.float64)
     assert a3.dtype == torch.float64 and l1 == l3 and torch.equal(a3.float(), a1)
+
+
+def test_anchor_generator_large_strides_do_not_wrap():
+    """x * stride beyond 2^31 (int32 shifts wrapped to x1 = -1,048,592 here)."""
+    gen = focalops.AnchorGenerator(sizes=(32,), strides=(2**20,), ratios=(1.0,), scales=(1.0,))
+    anchors, _ = gen([(1, 4096)], dtype=torch.float64)
+    assert anchors[:, 0].tolist() == [x * 2**20 - 16 for x in range(4096)]
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"strides": (0.5,)}, "strides must be whole numbers"),
+        ({"strides": (8.5,)}, "strides must be whole numbers"),
+        ({"strides": (math.inf,)}, "strides must be a non-empty sequence of positive finite numbers"),
+        ({"sizes": (math.nan,)}, "sizes must be a non-empty sequence of positive finite numbers"),
+        ({"sizes": (math.inf,)}, "sizes must be"),
+        ({"ratios": (math.inf,)}, "ratios must be"),
+        ({"scales": ("2",)}, "scales must be"),
+    ],
+)
+def test_anchor_generator_bad_numbers(kwargs, match):
+    args = {"sizes": (32,), "strides": (8,), "ratios": (1.0,), "scales": (1.0,), **kwargs}
+    with pytest.raises(ValueError, match=match):
+        focalops.AnchorGenerator(**args)
+
+
+def test_anchor_generator_integral_float_stride_and_negative_feature_size():
+    gen = focalops.AnchorGenerator(sizes=(32,), strides=(8.0,), ratios=(1.0,), scales=(1.0,))
+    want = focalops.AnchorGenerator(sizes=(32,), strides=(8,), ratios=(1.0,), scales=(1.0,))([(3, 5)])[0]
+    assert torch.equal(gen([(3, 5)])[0], want)
+    with pytest.raises(ValueError, match=r"feature sizes must be >= 0, got \[\(-1, 5\)\]"):
+        gen([(-1, 5)])
 
 
 def test_anchor_generator_bad_input():

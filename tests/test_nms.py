@@ -1,3 +1,4 @@
+import math
 import os
 
 import pytest
@@ -176,6 +177,7 @@ def test_compile(device):
         (torch.zeros(3, 4), torch.zeros(4), 0.5, ValueError, r"scores must be \[N\]"),
         (torch.zeros(3, 4), torch.zeros(3), -0.1, ValueError, "iou_threshold"),
         (torch.zeros(3, 4), torch.zeros(3), float("nan"), ValueError, "iou_threshold"),
+        (torch.zeros(3, 4), torch.zeros(3), 1.5, ValueError, r"iou_threshold must be a number in \[0, 1\]"),
         (torch.zeros(3, 4, dtype=torch.int64), torch.zeros(3), 0.5, TypeError, "boxes must be float"),
         ([[0, 0, 1, 1]], torch.zeros(1), 0.5, TypeError, "boxes must be a Tensor"),
     ],
@@ -203,8 +205,11 @@ def test_nan_rejected_on_cpu():
 
 def test_cpp_checks_reject_bad_shapes():
     # The C++ entry checks stand on their own (torch.ops bypasses the Python wrapper).
-    with pytest.raises(RuntimeError, match="iou_threshold must be >= 0"):
-        torch.ops.focalops.nms(torch.zeros(2, 4), torch.zeros(2), -1.0)
+    for thr in (-1.0, 1.5, math.nan):
+        with pytest.raises(RuntimeError, match=r"nms: iou_threshold must be in \[0, 1\]"):
+            torch.ops.focalops.nms(torch.zeros(2, 4), torch.zeros(2), thr)
+        with pytest.raises(RuntimeError, match=r"batched_nms: iou_threshold must be in \[0, 1\]"):
+            torch.ops.focalops.batched_nms(torch.zeros(2, 4), torch.zeros(2), torch.zeros(2, dtype=torch.long), thr)
     with pytest.raises(RuntimeError, match="idxs must be int64"):
         torch.ops.focalops.batched_nms(torch.zeros(2, 4), torch.zeros(2), torch.zeros(2, dtype=torch.int32), 0.5)
 

@@ -181,6 +181,9 @@ def test_cuda_matches_cpu_without_sync():
         ({"cls_logits": torch.zeros(2, 400, 6, dtype=torch.int64)}, TypeError, "cls_logits must be float"),
         ({"score_thresh": -0.1}, ValueError, "score_thresh"),
         ({"nms_thresh": -0.5}, ValueError, "nms_thresh"),
+        ({"nms_thresh": 1.5}, ValueError, r"nms_thresh must be a number in \[0, 1\]"),
+        ({"score_thresh": 1.5}, ValueError, r"score_thresh must be a number in \[0, 1\]"),
+        ({"level_sizes": [2**63 - 1, 2**63 - 1, 402]}, ValueError, "level_sizes must be >= 0 and sum to A"),
         ({"topk_candidates": 0}, ValueError, "topk_candidates"),
         ({"detections_per_img": -1}, ValueError, "detections_per_img"),
     ],
@@ -201,10 +204,37 @@ def test_nan_rejected_on_cpu():
         focalops.postprocess(logits, deltas.index_fill(1, torch.tensor([3]), math.nan), anchors, ls, sizes)
 
 
+def test_non_finite_deltas_anchors_and_bad_image_sizes_rejected_on_cpu():
+    logits, deltas, anchors, ls, sizes = make_inputs()
+    for v in (math.inf, -math.inf):
+        with pytest.raises(RuntimeError, match="box_deltas contains NaN or inf"):
+            focalops.postprocess(logits, deltas.index_fill(1, torch.tensor([3]), v), anchors, ls, sizes)
+    for v in (math.nan, math.inf):
+        with pytest.raises(RuntimeError, match="anchors contain NaN or inf"):
+            focalops.postprocess(logits, deltas, anchors.index_fill(0, torch.tensor([399]), v), ls, sizes)
+    for v, text in ((-10.0, "-10"), (math.nan, "nan"), (math.inf, "inf")):
+        bad = sizes.clone()
+        bad[1, 1] = v
+        with pytest.raises(RuntimeError, match=rf"image_sizes must be >= 0 and finite, got {text} for image 1"):
+            focalops.postprocess(logits, deltas, anchors, ls, bad)
+    with pytest.raises(RuntimeError, match=r"image_sizes must be >= 0 and finite, got -1 for image 0"):
+        focalops.postprocess(logits, deltas, anchors, ls, torch.tensor([[-1, 5], [5, 5]]))  # int64, as the model
+
+
 def test_cpp_checks():
     logits, deltas, anchors, ls, sizes = make_inputs()
-    with pytest.raises(RuntimeError, match="level_sizes must sum to A"):
+    with pytest.raises(RuntimeError, match="level_sizes must be >= 0 and sum to A"):
         torch.ops.focalops.postprocess(logits, deltas, anchors, [1, 2], sizes, 0.05, 10, 0.5, 10)
+    # The reproducer: the sizes wrap around to A in int64; the op then read out of bounds.
+    c, d, a = torch.zeros(1, 5, 2), torch.zeros(1, 5, 4), torch.zeros(5, 4)
+    with pytest.raises(RuntimeError, match="level_sizes must be >= 0 and sum to A = 5"):
+        torch.ops.focalops.postprocess(c, d, a, [2**63 - 1, 2**63 - 1, 7], torch.ones(1, 2), 0.05, 1000, 0.5, 100)
+    for name, value in (("score_thresh", 1.5), ("nms_thresh", math.nan)):
+        args = {"score_thresh": 0.05, "nms_thresh": 0.5, name: value}
+        with pytest.raises(RuntimeError, match=rf"{name} must be in \[0, 1\]"):
+            torch.ops.focalops.postprocess(
+                logits, deltas, anchors, ls, sizes, args["score_thresh"], 10, args["nms_thresh"], 10
+            )
     with pytest.raises(RuntimeError, match="box_deltas, anchors and image_sizes must be"):
         torch.ops.focalops.postprocess(logits, deltas.double(), anchors, ls, sizes, 0.05, 10, 0.5, 10)
 

@@ -4,6 +4,9 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+#include <optional>
+
 #include "math/box.h"
 
 namespace focalops {
@@ -22,6 +25,12 @@ inline void check_box_iou_args(const at::Tensor& boxes1, const at::Tensor& boxes
   TORCH_CHECK(boxes1.device() == boxes2.device(), "box_iou: boxes1 and boxes2 must be on the same device");
 }
 
+inline void check_box_weights(const char* op, at::ArrayRef<double> weights) {
+  bool ok = weights.size() == 4;
+  for (const double w : weights) ok &= w > 0.0 && std::isfinite(w);
+  TORCH_CHECK(ok, op, ": weights must be 4 positive finite numbers (wx, wy, ww, wh), got ", weights);
+}
+
 // Box coding: `a` is [..., 4]; `anchors` holds M rows of 4 that repeat along a's rows.
 inline void check_coder_args(const char* op, const char* name, const at::Tensor& a, const at::Tensor& anchors,
                              at::ArrayRef<double> weights) {
@@ -32,12 +41,18 @@ inline void check_coder_args(const char* op, const char* name, const at::Tensor&
   TORCH_CHECK(anchors.device() == a.device(), op, ": anchors must be on the device of ", name);
   TORCH_CHECK(anchors.numel() > 0 ? a.numel() % anchors.numel() == 0 : a.numel() == 0, op, ": anchors ",
               anchors.sizes(), " do not repeat evenly along ", name, " ", a.sizes());
-  TORCH_CHECK(weights.size() == 4, op, ": weights must have 4 entries, got ", weights.size());
+  check_box_weights(op, weights);
+}
+
+// A NaN clamp would turn every box into NaN; +-inf are fine (no clamp, zero-size boxes).
+inline void check_decode_clamp(const char* op, double clamp) {
+  TORCH_CHECK(!std::isnan(clamp), op, ": clamp must be a number, got nan");
 }
 
 inline void check_decode_backward_args(const at::Tensor& grad, const at::Tensor& deltas, const at::Tensor& anchors,
-                                       at::ArrayRef<double> weights) {
+                                       at::ArrayRef<double> weights, double clamp) {
   check_coder_args("_decode_boxes_backward", "deltas", deltas, anchors, weights);
+  check_decode_clamp("_decode_boxes_backward", clamp);
   TORCH_CHECK(grad.sizes() == deltas.sizes() && grad.scalar_type() == deltas.scalar_type() &&
                   grad.device() == deltas.device(),
               "_decode_boxes_backward: grad must have the shape, dtype and device of deltas");
@@ -58,11 +73,13 @@ inline void check_assign_args(const at::Tensor& anchors, const at::Tensor& gt_bo
               gt_boxes.size(0), "], got ", gt_counts.sizes());
   TORCH_CHECK(anchors.device() == gt_boxes.device() && anchors.device() == gt_counts.device(),
               "assign: anchors, gt_boxes and gt_counts must be on one device");
-  TORCH_CHECK(bg_iou <= fg_iou, "assign: need bg_iou <= fg_iou, got fg_iou=", fg_iou, " and bg_iou=", bg_iou);
+  TORCH_CHECK(0.0 <= bg_iou && bg_iou <= fg_iou && fg_iou <= 1.0, "assign: need 0 <= bg_iou <= fg_iou <= 1, got fg_iou=",
+              fg_iou, " and bg_iou=", bg_iou);
 }
 
 inline void check_targets_args(const at::Tensor& matched, const at::Tensor& gt_boxes, const at::Tensor& gt_labels,
-                               const at::Tensor& anchors, at::ArrayRef<double> weights) {
+                               const at::Tensor& anchors, at::ArrayRef<double> weights,
+                               std::optional<int64_t> num_classes) {
   TORCH_CHECK(matched.scalar_type() == at::kLong && matched.dim() == 2,
               "retinanet_targets: matched must be int64 [B, A], got ", matched.scalar_type(), " ", matched.sizes());
   check_box_dtype("retinanet_targets", "gt_boxes", gt_boxes);
@@ -77,7 +94,8 @@ inline void check_targets_args(const at::Tensor& matched, const at::Tensor& gt_b
   TORCH_CHECK(matched.device() == gt_boxes.device() && matched.device() == gt_labels.device() &&
                   matched.device() == anchors.device(),
               "retinanet_targets: matched, gt_boxes, gt_labels and anchors must be on one device");
-  TORCH_CHECK(weights.size() == 4, "retinanet_targets: weights must have 4 entries, got ", weights.size());
+  check_box_weights("retinanet_targets", weights);
+  TORCH_CHECK(num_classes.value_or(0) >= 0, "retinanet_targets: num_classes must be >= 0, got ", num_classes.value_or(0));
 }
 
 }  // namespace focalops

@@ -20,7 +20,7 @@ inline void check_nms_args(const char* op, const at::Tensor& boxes, const at::Te
   TORCH_CHECK(nms_is_float(scores.scalar_type()), op, ": scores must be floating, got ", scores.scalar_type());
   TORCH_CHECK(boxes.device() == scores.device(), op, ": boxes and scores must be on the same device, got ", boxes.device(),
               " and ", scores.device());
-  TORCH_CHECK(iou_threshold >= 0.0, op, ": iou_threshold must be >= 0, got ", iou_threshold);
+  TORCH_CHECK(iou_threshold >= 0.0 && iou_threshold <= 1.0, op, ": iou_threshold must be in [0, 1], got ", iou_threshold);
 }
 
 inline void check_batched_nms_idxs(const at::Tensor& boxes, const at::Tensor& idxs) {
@@ -58,13 +58,16 @@ inline void check_postprocess_args(const at::Tensor& cls_logits, const at::Tenso
   }
   int64_t total = 0;
   for (const int64_t s : level_sizes) {
-    TORCH_CHECK(s >= 0, "postprocess: level_sizes must be >= 0, got ", level_sizes);
+    // s <= A - total keeps the running sum <= A: it cannot overflow, whatever the sizes.
+    TORCH_CHECK(s >= 0 && s <= A - total, "postprocess: level_sizes must be >= 0 and sum to A = ", A, ", got ",
+                level_sizes);
     total += s;
   }
-  TORCH_CHECK(total == A, "postprocess: level_sizes must sum to A = ", A, ", got ", level_sizes);
-  TORCH_CHECK(score_thresh >= 0.0, "postprocess: score_thresh must be >= 0, got ", score_thresh);
+  TORCH_CHECK(total == A, "postprocess: level_sizes must be >= 0 and sum to A = ", A, ", got ", level_sizes);
+  TORCH_CHECK(score_thresh >= 0.0 && score_thresh <= 1.0, "postprocess: score_thresh must be in [0, 1], got ",
+              score_thresh);
   TORCH_CHECK(topk_candidates >= 1, "postprocess: topk_candidates must be >= 1, got ", topk_candidates);
-  TORCH_CHECK(nms_thresh >= 0.0, "postprocess: nms_thresh must be >= 0, got ", nms_thresh);
+  TORCH_CHECK(nms_thresh >= 0.0 && nms_thresh <= 1.0, "postprocess: nms_thresh must be in [0, 1], got ", nms_thresh);
   TORCH_CHECK(detections_per_img >= 0, "postprocess: detections_per_img must be >= 0, got ", detections_per_img);
 }
 

@@ -14,6 +14,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
+#include <limits>
+#include <optional>
+#include <string>
 #include <vector>
 
 #include "checks/boxes.h"
@@ -118,8 +121,9 @@ using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, fl
 std::tuple<at::Tensor, at::Tensor, at::Tensor> retinanet_targets_cpu(const at::Tensor& matched_, const at::Tensor& gt_boxes_,
                                                                      const at::Tensor& gt_labels_,
                                                                      const at::Tensor& anchors_,
-                                                                     at::ArrayRef<double> weights) {
-  check_targets_args(matched_, gt_boxes_, gt_labels_, anchors_, weights);
+                                                                     at::ArrayRef<double> weights,
+                                                                     std::optional<int64_t> num_classes) {
+  check_targets_args(matched_, gt_boxes_, gt_labels_, anchors_, weights, num_classes);
   const auto matched = matched_.contiguous();
   const auto gt_boxes = gt_boxes_.contiguous();
   const auto gt_labels = gt_labels_.contiguous();
@@ -130,7 +134,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> retinanet_targets_cpu(const at::T
   auto fg = at::empty({B, A}, matched.options().dtype(at::kBool));
   if (cls.numel() == 0) return {cls, box, fg};
   const auto w = box_weights(weights);
-  std::atomic<int64_t> bad{0};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gt_boxes.scalar_type(), "retinanet_targets_cpu", [&] {
     using T = opmath_t<scalar_t>;
     const int64_t* m = matched.data_ptr<int64_t>();
@@ -143,17 +146,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> retinanet_targets_cpu(const at::T
     at::parallel_for(0, B * A, 4096, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const int64_t b = i / A, a = i - b * A, k = m[i];
+        TORCH_CHECK(k >= -2 && k < G, "retinanet_targets: matched values must be -2, -1 or a box index in [0, G = ", G,
+                    "), got ", k, " for anchor ", a, " of image ", b);
         T r[4] = {T(0), T(0), T(0), T(0)};
-        if (k >= 0 && k < G) {
+        if (k >= 0) {
+          const int64_t label = lab[b * G + k];
+          TORCH_CHECK(label >= 0 && label < num_classes.value_or(std::numeric_limits<int64_t>::max()),
+                      "retinanet_targets: the label of a matched box must be ",
+                      num_classes ? "in [0, num_classes = " + std::to_string(*num_classes) + ")" : ">= 0", ", got ",
+                      label, " for box ", k, " of image ", b);
           T gv[4], av[4];
           for (int q = 0; q < 4; ++q) {
             gv[q] = static_cast<T>(gt[(b * G + k) * 4 + q]);
             av[q] = static_cast<T>(anc[a * 4 + q]);
           }
           math::encode_box(gv, av, w, r);
-          cls_p[i] = lab[b * G + k];
+          cls_p[i] = label;
         } else {
-          if (k >= G || k < -2) bad = k;
           cls_p[i] = k;
         }
         for (int q = 0; q < 4; ++q) box_p[i * 4 + q] = static_cast<scalar_t>(r[q]);
@@ -161,8 +170,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> retinanet_targets_cpu(const at::T
       }
     });
   });
-  TORCH_CHECK(bad.load() == 0, "retinanet_targets: matched values must be -2, -1 or a box index in [0, G = ", G,
-              "), got ", bad.load());
   return {cls, box, fg};
 }
 

@@ -370,11 +370,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> postprocess_cpu(
     const at::Tensor& image_sizes, double score_thresh, int64_t topk_candidates, double nms_thresh, int64_t detections_per_img) {
   check_postprocess_args(cls_logits, box_deltas, anchors, level_sizes, image_sizes, score_thresh, topk_candidates, nms_thresh,
                          detections_per_img);
-  TORCH_CHECK(!at::isnan(box_deltas).any().item<bool>(), "postprocess: box_deltas contains NaN");
+  // Non-finite deltas or anchors would decode into NaN boxes (e.g. inf * a zero width).
+  TORCH_CHECK(at::isfinite(box_deltas).all().item<bool>(), "postprocess: box_deltas contains NaN or inf");
+  TORCH_CHECK(at::isfinite(anchors).all().item<bool>(), "postprocess: anchors contain NaN or inf");
   const at::Tensor logits = cls_logits.contiguous();
   const at::Tensor deltas = box_deltas.contiguous();
   const at::Tensor anc = anchors.contiguous();
   const at::Tensor sizes = image_sizes.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(sizes.scalar_type(), "postprocess_image_sizes", [&] {
+    const scalar_t* p = sizes.data_ptr<scalar_t>();
+    for (int64_t i = 0; i < sizes.numel(); ++i) {
+      TORCH_CHECK(p[i] >= 0 && std::isfinite(p[i]), "postprocess: image_sizes must be >= 0 and finite, got ", p[i],
+                  " for image ", i / 2);
+    }
+  });
   std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "postprocess_cpu", [&] {
     out = postprocess_impl<scalar_t>(logits, deltas, anc, level_sizes, sizes, score_thresh, topk_candidates, nms_thresh,

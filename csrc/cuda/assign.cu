@@ -1,6 +1,6 @@
 // Anchor assignment and RetinaNet targets, CUDA launchers (kernel bodies in assign.cuh).
-// No host synchronisation: bad counts, NaN coordinates and bad matched values are
-// device-side assertions.
+// No host synchronisation: bad counts, NaN coordinates, bad matched values and bad labels of
+// matched boxes are device-side assertions.
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -46,8 +46,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> retinanet_targets_cuda(const at::
                                                                       const at::Tensor& gt_boxes_,
                                                                       const at::Tensor& gt_labels_,
                                                                       const at::Tensor& anchors_,
-                                                                      at::ArrayRef<double> weights) {
-  check_targets_args(matched_, gt_boxes_, gt_labels_, anchors_, weights);
+                                                                      at::ArrayRef<double> weights,
+                                                                      std::optional<int64_t> num_classes) {
+  check_targets_args(matched_, gt_boxes_, gt_labels_, anchors_, weights, num_classes);
   const c10::cuda::CUDAGuard guard(matched_.device());
   const auto matched = matched_.contiguous();
   const auto gt_boxes = gt_boxes_.contiguous();
@@ -65,8 +66,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> retinanet_targets_cuda(const at::
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gt_boxes.scalar_type(), "retinanet_targets_cuda", [&] {
     cuda::retinanet_targets_kernel<scalar_t><<<blocks, 256, 0, stream>>>(
         matched.data_ptr<int64_t>(), gt_boxes.data_ptr<scalar_t>(), gt_labels.data_ptr<int64_t>(),
-        anchors.data_ptr<scalar_t>(), B, A, G, w, cls.data_ptr<int64_t>(), box.data_ptr<scalar_t>(),
-        fg.data_ptr<bool>());
+        anchors.data_ptr<scalar_t>(), B, A, G, num_classes.value_or(-1), w, cls.data_ptr<int64_t>(),
+        box.data_ptr<scalar_t>(), fg.data_ptr<bool>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   return {cls, box, fg};

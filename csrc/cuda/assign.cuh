@@ -128,12 +128,12 @@ __global__ void assign_match_kernel(const float* __restrict__ anchors, const flo
   matched[b * A + i] = r;
 }
 
-// RetinaNet targets, grid-stride over the B * A anchors.
+// RetinaNet targets, grid-stride over the B * A anchors. num_classes < 0: labels only >= 0.
 template <typename T>
 __global__ void retinanet_targets_kernel(const int64_t* __restrict__ matched, const T* __restrict__ gt,
                                          const int64_t* __restrict__ labels, const T* __restrict__ anchors, int64_t B,
-                                         int64_t A, int64_t G, math::BoxWeights w, int64_t* __restrict__ cls,
-                                         T* __restrict__ box, bool* __restrict__ fg) {
+                                         int64_t A, int64_t G, int64_t num_classes, math::BoxWeights w,
+                                         int64_t* __restrict__ cls, T* __restrict__ box, bool* __restrict__ fg) {
   using Acc = box_opmath_t<T>;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < B * A;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -141,11 +141,13 @@ __global__ void retinanet_targets_kernel(const int64_t* __restrict__ matched, co
     FO_DEVICE_CHECK(k >= -2 && k < G);  // matched values must be -2, -1 or a box index in [0, G)
     Acc r[4] = {Acc(0), Acc(0), Acc(0), Acc(0)};
     if (k >= 0) {
+      const int64_t label = labels[b * G + k];
+      FO_DEVICE_CHECK(label >= 0 && (num_classes < 0 || label < num_classes));  // label of a matched box
       Acc gv[4], av[4];
       load_box(gt + (b * G + k) * 4, gv);
       load_box(anchors + a * 4, av);
       math::encode_box(gv, av, w, r);
-      cls[idx] = labels[b * G + k];
+      cls[idx] = label;
     } else {
       cls[idx] = k;
     }

@@ -65,12 +65,13 @@ at::Tensor encode_boxes_cuda(const at::Tensor& gt, const at::Tensor& anchors, at
 at::Tensor decode_boxes_cuda(const at::Tensor& deltas, const at::Tensor& anchors, at::ArrayRef<double> weights,
                              double clamp) {
   check_coder_args("decode_boxes", "deltas", deltas, anchors, weights);
+  check_decode_clamp("decode_boxes", clamp);
   return coder_cuda<cuda::kDecode>(deltas, anchors, nullptr, weights, clamp);
 }
 
 at::Tensor decode_boxes_backward_cuda(const at::Tensor& grad, const at::Tensor& deltas, const at::Tensor& anchors,
                                       at::ArrayRef<double> weights, double clamp) {
-  check_decode_backward_args(grad, deltas, anchors, weights);
+  check_decode_backward_args(grad, deltas, anchors, weights, clamp);
   return coder_cuda<cuda::kDecodeBackward>(deltas, anchors, &grad, weights, clamp);
 }
 

@@ -111,6 +111,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> postprocess_cuda(
   // Candidate slots: min(topk, anchors * K) per level, static.
   int64_t M = 0;
   for (const int64_t s : level_sizes) M += std::min(topk_candidates, s * K);
+  // A device-side assertion: checking the sizes costs no host synchronisation.
+  at::_assert_async(at::logical_and(image_sizes >= 0, at::isfinite(image_sizes)).all(),
+                    "postprocess: image_sizes must be >= 0 and finite");
   if (B == 0 || M == 0 || D == 0) {
     return {at::zeros({B, D, 4}, opts), at::zeros({B, D}, opts), at::full({B, D}, -1, long_opts),
             at::zeros({B}, long_opts)};

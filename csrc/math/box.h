@@ -61,8 +61,8 @@ FO_HD void decode_box(const T* delta, const T* anchor, BoxWeights w, T clamp, T*
   const T dy = delta[1] / T(w.wy);
   T dw = delta[2] / T(w.ww);
   T dh = delta[3] / T(w.wh);
-  dw = dw < clamp ? dw : clamp;
-  dh = dh < clamp ? dh : clamp;
+  dw = dw > clamp ? clamp : dw;  // a NaN delta stays NaN (torch.clamp)
+  dh = dh > clamp ? clamp : dh;
   // Unfused, like the CPU and torchvision, so CUDA boxes match bit for bit.
   const T cx = mul_rn(dx, aw) + ax;
   const T cy = mul_rn(dy, ah) + ay;

@@ -1,6 +1,7 @@
 """RetinaNet anchors for the pyramid levels P3-P7 (torchvision's AnchorGenerator convention)."""
 
 import math
+from numbers import Real
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -33,13 +34,14 @@ class AnchorGenerator:
 
     Args:
         sizes (sequence of float): base anchor size of each level. Default (32, 64, 128, 256, 512).
-        strides (sequence of int): stride in pixels of each level. Default (8, 16, 32, 64, 128).
+        strides (sequence of int): stride in pixels of each level, whole numbers (a float such
+            as 8.0 is accepted). Default (8, 16, 32, 64, 128).
         ratios (sequence of float): aspect ratios (height / width). Default (0.5, 1.0, 2.0).
         scales (sequence of float): size multipliers. Default (2**0, 2**(1/3), 2**(2/3)).
 
     Raises:
-        ValueError: ``sizes`` and ``strides`` differ in length, or a size, stride, ratio or
-            scale is not positive.
+        ValueError: ``sizes`` and ``strides`` differ in length, a size, stride, ratio or scale
+            is not a positive finite number, or a stride is not a whole number.
     """
 
     def __init__(
@@ -54,10 +56,13 @@ class AnchorGenerator:
                 f"AnchorGenerator: sizes and strides must have one entry per level, got {len(sizes)} and {len(strides)}"
             )
         for name, values in (("sizes", sizes), ("strides", strides), ("ratios", ratios), ("scales", scales)):
-            if len(values) == 0 or not all(v > 0 for v in values):
+            if len(values) == 0 or not all(isinstance(v, Real) and v > 0 and math.isfinite(v) for v in values):
                 raise ValueError(
-                    f"AnchorGenerator: {name} must be a non-empty sequence of positive numbers, got {tuple(values)}"
+                    f"AnchorGenerator: {name} must be a non-empty sequence of positive finite numbers, "
+                    f"got {tuple(values)}"
                 )
+        if not all(float(s).is_integer() for s in strides):  # int() would truncate 0.5 to 0
+            raise ValueError(f"AnchorGenerator: strides must be whole numbers of pixels, got {tuple(strides)}")
         self.sizes = tuple(sizes)
         self.strides = tuple(int(s) for s in strides)
         self.ratios = tuple(float(r) for r in ratios)
@@ -92,13 +97,16 @@ class AnchorGenerator:
             (Tensor[A, 4], list[int]): the anchors and the number of anchors of each level.
 
         Raises:
-            ValueError: ``feature_sizes`` does not have one ``(height, width)`` per level.
+            ValueError: ``feature_sizes`` does not have one ``(height, width)`` per level, or a
+                size is negative.
         """
         if len(feature_sizes) != len(self.strides):
             raise ValueError(
                 "AnchorGenerator: feature_sizes must give one (height, width) per level "
                 f"({len(self.strides)}), got {len(feature_sizes)}"
             )
+        if any(h < 0 or w < 0 for h, w in sizes):
+            raise ValueError(f"AnchorGenerator: feature sizes must be >= 0, got {list(sizes)}")
         device = torch.device(device if device is not None else "cpu")
         if torch.compiler.is_compiling():
             # Traced (torch.export, torch.compile): sizes may be symbolic (SymInt) and the
@@ -132,8 +140,9 @@ class AnchorGenerator:
         levels, counts = [], []
         for level, ((h, w), (stride_y, stride_x)) in enumerate(zip(sizes, strides)):
             base = self.cell_anchors(level, device, dtype)
-            shifts_x = torch.arange(0, w, dtype=torch.int32, device=device) * stride_x
-            shifts_y = torch.arange(0, h, dtype=torch.int32, device=device) * stride_y
+            # float64: exact up to 2^53 (int32 wrapped at x * stride >= 2^31), never wraps.
+            shifts_x = torch.arange(0, w, dtype=torch.float64, device=device) * stride_x
+            shifts_y = torch.arange(0, h, dtype=torch.float64, device=device) * stride_y
             shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
             shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
             shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1).to(dtype)

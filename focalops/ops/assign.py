@@ -1,7 +1,7 @@
 """Anchor to ground-truth assignment (torchvision Matcher) and RetinaNet training targets."""
 
-from numbers import Real
-from typing import Sequence, Tuple
+from numbers import Integral, Real
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -42,8 +42,8 @@ def assign(
         anchors (Tensor[A, 4]): ``(x1, y1, x2, y2)``, any floating dtype (converted to float32).
         gt_boxes (Tensor[B, G, 4]): padded ground-truth boxes, same device.
         gt_counts (Tensor[B]): integer number of valid boxes of each image, in ``[0, G]``.
-        fg_iou (float): foreground threshold. Default 0.5.
-        bg_iou (float): background threshold, ``<= fg_iou``. Default 0.4.
+        fg_iou (float): foreground threshold, in ``[0, 1]``. Default 0.5.
+        bg_iou (float): background threshold, in ``[0, fg_iou]``. Default 0.4.
         allow_low_quality (bool): keep each box's best anchors. Default True.
 
     Returns:
@@ -51,7 +51,7 @@ def assign(
 
     Raises:
         TypeError: non-tensors, non-floating boxes or non-integer counts.
-        ValueError: wrong shapes, different devices, ``fg_iou < bg_iou``.
+        ValueError: wrong shapes, different devices, not ``0 <= bg_iou <= fg_iou <= 1``.
         RuntimeError: a count outside ``[0, G]`` or a NaN coordinate (on CUDA a device-side
             assertion, so the check costs no host synchronisation).
     """
@@ -74,8 +74,8 @@ def assign(
             f"assign: anchors, gt_boxes and gt_counts must be on one device, got {anchors.device}, "
             f"{gt_boxes.device} and {gt_counts.device}"
         )
-    if not isinstance(fg_iou, Real) or not isinstance(bg_iou, Real) or not bg_iou <= fg_iou:
-        raise ValueError(f"assign: need bg_iou <= fg_iou, got fg_iou={fg_iou} and bg_iou={bg_iou}")
+    if not isinstance(fg_iou, Real) or not isinstance(bg_iou, Real) or not 0 <= bg_iou <= fg_iou <= 1:
+        raise ValueError(f"assign: need 0 <= bg_iou <= fg_iou <= 1, got fg_iou={fg_iou} and bg_iou={bg_iou}")
     return torch.ops.focalops.assign(
         anchors.detach().float(),
         gt_boxes.detach().float(),
@@ -92,15 +92,20 @@ def retinanet_targets(
     gt_labels: Tensor,
     anchors: Tensor,
     weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
+    *,
+    num_classes: Optional[int] = None,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """RetinaNet training targets of a batch, in one fused pass over the anchors.
 
     Args:
         matched (Tensor[B, A] int64): the output of :func:`assign`.
         gt_boxes (Tensor[B, G, 4]): the padded ground-truth boxes given to :func:`assign`.
-        gt_labels (Tensor[B, G]): integer class of each box.
+        gt_labels (Tensor[B, G]): integer class of each box; the label of every box that an
+            anchor is matched to must be ``>= 0`` (padding boxes are never read).
         anchors (Tensor[A, 4]): the anchors given to :func:`assign`.
         weights (sequence of 4 floats): BoxCoder weights. Default (1, 1, 1, 1).
+        num_classes (int, optional): when given, those labels must also be ``< num_classes``;
+            without it a label ``>= K`` is caught by the class-index focal loss.
 
     Returns:
         (Tensor[B, A] int64, Tensor[B, A, 4], Tensor[B, A] bool):
@@ -112,8 +117,9 @@ def retinanet_targets(
 
     Raises:
         TypeError: non-tensors or wrong dtypes.
-        ValueError: inconsistent shapes or devices, bad weights.
-        RuntimeError: a ``matched`` value ``>= G`` or ``< -2`` (device-side on CUDA).
+        ValueError: inconsistent shapes or devices, bad weights, ``num_classes < 0``.
+        RuntimeError: a ``matched`` value ``>= G`` or ``< -2``, or a matched box's label outside
+            ``[0, num_classes)`` (device-side assertions on CUDA).
     """
     for name, t in (
         ("matched", matched),
@@ -147,7 +153,14 @@ def retinanet_targets(
     if not (matched.device == gt_boxes.device == gt_labels.device == anchors.device):
         raise ValueError("retinanet_targets: matched, gt_boxes, gt_labels and anchors must be on one device")
     w = _check_weights("retinanet_targets", weights)
+    if num_classes is not None and (not isinstance(num_classes, Integral) or num_classes < 0):
+        raise ValueError(f"retinanet_targets: num_classes must be an int >= 0, got {num_classes!r}")
     dtype = torch.promote_types(gt_boxes.dtype, anchors.dtype)
     return torch.ops.focalops.retinanet_targets(
-        matched, gt_boxes.detach().to(dtype), gt_labels.long(), anchors.detach().to(dtype), list(w)
+        matched,
+        gt_boxes.detach().to(dtype),
+        gt_labels.long(),
+        anchors.detach().to(dtype),
+        list(w),
+        None if num_classes is None else int(num_classes),
     )

@@ -147,7 +147,8 @@ def decode_boxes(
             (half types computed in float32).
         anchors (Tensor[..., 4]): reference boxes, broadcastable with ``deltas``.
         weights (sequence of 4 floats): ``(wx, wy, ww, wh)``. Default (1, 1, 1, 1).
-        clamp (float): upper bound of ``dw`` and ``dh``. Default ``log(1000 / 16)``.
+        clamp (float): upper bound of ``dw`` and ``dh`` (``inf``: none); not NaN. Default
+            ``log(1000 / 16)``. A NaN delta gives a NaN box, as torchvision.
 
     Returns:
         Tensor[broadcast shape]: ``(x1, y1, x2, y2)`` boxes in the promoted dtype.
@@ -155,12 +156,13 @@ def decode_boxes(
     Raises:
         TypeError: a non-tensor or an unsupported dtype.
         ValueError: a last dimension other than 4, shapes that do not broadcast, different
-            devices, bad weights, or ``anchors.requires_grad`` (no gradient for anchors).
+            devices, bad weights, a NaN ``clamp``, or ``anchors.requires_grad`` (no gradient for
+            anchors).
     """
     _check_boxes("deltas", "decode_boxes", deltas)
     _check_boxes("anchors", "decode_boxes", anchors)
     w = _check_weights("decode_boxes", weights)
-    if not isinstance(clamp, Real):
+    if not isinstance(clamp, Real) or math.isnan(clamp):
         raise ValueError(f"decode_boxes: clamp must be a number, got {clamp!r}")
     if anchors.requires_grad:
         raise ValueError("decode_boxes: anchors.requires_grad is set; the gradient for anchors is not supported")

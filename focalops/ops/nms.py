@@ -1,6 +1,5 @@
 """Non-maximum suppression and fused RetinaNet post-processing."""
 
-import math
 from numbers import Real
 from typing import Sequence, Tuple
 
@@ -19,8 +18,9 @@ def _check_tensor(op: str, name: str, t, floating: bool = True) -> None:
 
 
 def _check_threshold(op: str, name: str, value) -> None:
-    if not isinstance(value, Real) or not value >= 0 or math.isinf(value):
-        raise ValueError(f"{op}: {name} must be a finite number >= 0, got {value!r}")
+    # IoU and score thresholds: beyond 1 nothing is ever suppressed (or kept), silently.
+    if not isinstance(value, Real) or not 0 <= value <= 1:
+        raise ValueError(f"{op}: {name} must be a number in [0, 1], got {value!r}")
 
 
 def _check_boxes_scores(op: str, boxes, scores, iou_threshold) -> None:
@@ -53,14 +53,14 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     Args:
         boxes (Tensor[N, 4]): ``(x1, y1, x2, y2)`` boxes, float32 / float64 / float16 / bfloat16.
         scores (Tensor[N]): box scores, floating.
-        iou_threshold (float): boxes with IoU ``> iou_threshold`` are suppressed; ``>= 0``.
+        iou_threshold (float): boxes with IoU ``> iou_threshold`` are suppressed; in ``[0, 1]``.
 
     Returns:
         Tensor[K] (int64): indices of the kept boxes, by decreasing score.
 
     Raises:
         TypeError: a non-tensor or non-floating input.
-        ValueError: wrong shapes, different devices, a negative or non-finite threshold.
+        ValueError: wrong shapes, different devices, a threshold outside ``[0, 1]``.
         RuntimeError: NaN in ``boxes`` or ``scores`` (checked on CPU; on CUDA NaN is not checked:
             a NaN box suppresses nothing and is never suppressed).
     """
@@ -79,7 +79,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         boxes (Tensor[N, 4]): ``(x1, y1, x2, y2)`` boxes, floating.
         scores (Tensor[N]): box scores, floating.
         idxs (Tensor[N]): integer category of each box (any values).
-        iou_threshold (float): boxes with IoU ``> iou_threshold`` are suppressed; ``>= 0``.
+        iou_threshold (float): boxes with IoU ``> iou_threshold`` are suppressed; in ``[0, 1]``.
 
     Returns:
         Tensor[K] (int64): indices of the kept boxes, by decreasing score.
@@ -133,10 +133,11 @@ def postprocess(
         box_deltas (Tensor[B, A, 4]): regression deltas ``(dx, dy, dw, dh)``.
         anchors (Tensor[A, 4]): ``(x1, y1, x2, y2)`` anchors, shared by the images.
         level_sizes (list of int or SymInt): anchors per pyramid level, summing to ``A``.
-        image_sizes (Tensor[B, 2]): ``(height, width)`` of each image (boxes are clipped to it).
-        score_thresh (float): minimum score (exclusive), ``>= 0``. Default 0.05.
+        image_sizes (Tensor[B, 2]): ``(height, width)`` of each image (boxes are clipped to
+            it), ``>= 0`` and finite.
+        score_thresh (float): minimum score (exclusive), in ``[0, 1]``. Default 0.05.
         topk_candidates (int): candidates kept per image and level, ``>= 1``. Default 1000.
-        nms_thresh (float): IoU threshold of the NMS, ``>= 0``. Default 0.5.
+        nms_thresh (float): IoU threshold of the NMS, in ``[0, 1]``. Default 0.5.
         detections_per_img (int): ``D``, detections kept per image, ``>= 0``. Default 100.
 
     Returns:
@@ -147,11 +148,14 @@ def postprocess(
 
     Raises:
         TypeError: a non-tensor or non-floating input.
-        ValueError: wrong shapes or devices, ``level_sizes`` not summing to ``A``, a negative
-            threshold or count.
-        RuntimeError: NaN in ``cls_logits`` or ``box_deltas`` (checked on CPU only: on CUDA, where a
-            check would cost a synchronisation, a NaN logit is never a detection but may take one
-            of its level's top-k slots, and NaN deltas give NaN boxes that suppress nothing).
+        ValueError: wrong shapes or devices, ``level_sizes`` not summing to ``A``, a threshold
+            outside ``[0, 1]``, a count out of range.
+        RuntimeError: NaN in ``cls_logits`` (found while scanning the scores, so not when
+            ``detections_per_img`` is 0), NaN or inf in ``box_deltas`` or ``anchors``, a negative
+            or non-finite image size. On CUDA, where a data check would cost a synchronisation,
+            only the image sizes are checked (a device-side assertion); a NaN logit is never a
+            detection but may take one of its level's top-k slots, and non-finite deltas or
+            anchors give NaN boxes that suppress nothing.
     """
     op = "postprocess"
     _check_tensor(op, "cls_logits", cls_logits)
