@@ -105,8 +105,6 @@ class AnchorGenerator:
                 "AnchorGenerator: feature_sizes must give one (height, width) per level "
                 f"({len(self.strides)}), got {len(feature_sizes)}"
             )
-        if any(h < 0 or w < 0 for h, w in sizes):
-            raise ValueError(f"AnchorGenerator: feature sizes must be >= 0, got {list(sizes)}")
         device = torch.device(device if device is not None else "cpu")
         if torch.compiler.is_compiling():
             # Traced (torch.export, torch.compile): sizes may be symbolic (SymInt) and the
@@ -114,6 +112,8 @@ class AnchorGenerator:
             sizes = tuple((h, w) for h, w in feature_sizes)
             return self._build(sizes, self._level_strides(sizes, image_size), device, dtype)
         sizes = tuple((int(h), int(w)) for h, w in feature_sizes)
+        if any(h < 0 or w < 0 for h, w in sizes):
+            raise ValueError(f"AnchorGenerator: feature sizes must be >= 0, got {list(sizes)}")
         image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
         strides = self._level_strides(sizes, image_size)
         key = (sizes, strides, device, dtype)
