@@ -232,6 +232,20 @@ def test_anchor_generator_cache_and_dtype(device):
     assert a3.dtype == torch.float64 and l1 == l3 and torch.equal(a3.float(), a1)
 
 
+def test_anchor_generator_cache_is_bounded_lru():
+    gen = focalops.AnchorGenerator(cache_size=2)
+    sizes = [[(h, h), (2, 2), (1, 1), (1, 1), (1, 1)] for h in (4, 5, 6)]
+    first, _ = gen(sizes[0])
+    gen(sizes[1])
+    assert gen(sizes[0])[0] is first  # a hit makes it the most recently used
+    gen(sizes[2])  # evicts sizes[1], the least recently used
+    assert len(gen._cache) == 2 and gen(sizes[0])[0] is first
+    rebuilt, _ = gen(sizes[1])
+    assert torch.equal(rebuilt, focalops.AnchorGenerator()(sizes[1])[0]) and len(gen._cache) == 2
+    with pytest.raises(ValueError, match="cache_size must be an int >= 1"):
+        focalops.AnchorGenerator(cache_size=0)
+
+
 def test_anchor_generator_bad_input():
     with pytest.raises(ValueError, match="one entry per level"):
         focalops.AnchorGenerator(sizes=(32, 64), strides=(8,))

@@ -1,7 +1,8 @@
 """RetinaNet anchors for the pyramid levels P3-P7 (torchvision's AnchorGenerator convention)."""
 
 import math
-from typing import Dict, List, Sequence, Tuple
+from collections import OrderedDict
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -23,18 +24,25 @@ class AnchorGenerator:
 
     Anchors are ordered level, then y, then x, then cell anchor: ``[A, 4]`` with
     ``A = sum_l H_l * W_l * len(ratios) * len(scales)``, as ``(x1, y1, x2, y2)``.
-    Results are cached per (feature sizes, device, dtype); the cached tensor is returned as is,
-    so treat it as read-only.
+    Results are cached per (feature sizes, device, dtype), the ``cache_size`` most recently used
+    (multi-scale training or varied eval sizes cannot grow it without bound); the cached tensor
+    is returned as is, so treat it as read-only.
+
+    On CUDA the anchors are built on the device (``arange`` grids plus the few cell anchors,
+    computed on the host and sent with one non-blocking copy from pinned memory): a new size never
+    synchronises with the host. A cached size launches no work at all; inside a CUDA-graph
+    capture, call the generator once per size before capturing.
 
     Args:
         sizes (sequence of float): base anchor size of each level. Default (32, 64, 128, 256, 512).
         strides (sequence of int): stride in pixels of each level. Default (8, 16, 32, 64, 128).
         ratios (sequence of float): aspect ratios (height / width). Default (0.5, 1.0, 2.0).
         scales (sequence of float): size multipliers. Default (2**0, 2**(1/3), 2**(2/3)).
+        cache_size (int): feature-map sizes (per device and dtype) kept in the cache. Default 8.
 
     Raises:
-        ValueError: ``sizes`` and ``strides`` differ in length, or a size, stride, ratio or
-            scale is not positive.
+        ValueError: ``sizes`` and ``strides`` differ in length, a size, stride, ratio or scale is
+            not positive, or ``cache_size < 1``.
     """
 
     def __init__(
@@ -43,6 +51,7 @@ class AnchorGenerator:
         strides: Sequence[int] = (8, 16, 32, 64, 128),
         ratios: Sequence[float] = (0.5, 1.0, 2.0),
         scales: Sequence[float] = _RETINANET_SCALES,
+        cache_size: int = 8,
     ):
         if len(sizes) != len(strides):
             raise ValueError(
@@ -53,11 +62,14 @@ class AnchorGenerator:
                 raise ValueError(
                     f"AnchorGenerator: {name} must be a non-empty sequence of positive numbers, got {tuple(values)}"
                 )
+        if not isinstance(cache_size, int) or cache_size < 1:
+            raise ValueError(f"AnchorGenerator: cache_size must be an int >= 1, got {cache_size!r}")
         self.sizes = tuple(sizes)
         self.strides = tuple(int(s) for s in strides)
         self.ratios = tuple(float(r) for r in ratios)
         self.scales = tuple(float(s) for s in scales)
-        self._cache: Dict[Tuple, Tuple[Tensor, List[int]]] = {}
+        self.cache_size = cache_size
+        self._cache: OrderedDict[Tuple, Tuple[Tensor, List[int]]] = OrderedDict()
 
     @property
     def num_anchors_per_location(self) -> int:
@@ -65,8 +77,12 @@ class AnchorGenerator:
 
     def cell_anchors(self, level: int, device=None, dtype: torch.dtype = torch.float32) -> Tensor:
         """The ``[len(ratios) * len(scales), 4]`` anchors of one location of ``level`` at the origin."""
-        sizes = torch.tensor([int(self.sizes[level] * s) for s in self.scales], dtype=dtype, device=device)
-        ratios = torch.tensor(self.ratios, dtype=dtype, device=device)
+        return _to_device(self._cell_anchors_host(level, dtype), device)
+
+    def _cell_anchors_host(self, level: int, dtype: torch.dtype) -> Tensor:
+        # On the host: a handful of values, which would otherwise each need a host-to-device copy.
+        sizes = torch.tensor([int(self.sizes[level] * s) for s in self.scales], dtype=dtype)
+        ratios = torch.tensor(self.ratios, dtype=dtype)
         h_ratios = torch.sqrt(ratios)
         w_ratios = 1 / h_ratios
         ws = (w_ratios[:, None] * sizes[None, :]).view(-1)
@@ -91,10 +107,17 @@ class AnchorGenerator:
                 f"({len(self.strides)}), got {len(sizes)}"
             )
         device = torch.device(device if device is not None else "cpu")
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         key = (sizes, device, dtype)
-        if key not in self._cache:
-            self._cache[key] = self._build(sizes, device, dtype)
-        anchors, level_sizes = self._cache[key]
+        entry = self._cache.get(key)
+        if entry is None:
+            entry = self._cache[key] = self._build(sizes, device, dtype)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)  # the least recently used
+        else:
+            self._cache.move_to_end(key)
+        anchors, level_sizes = entry
         return anchors, list(level_sizes)
 
     def for_image_size(
@@ -106,9 +129,11 @@ class AnchorGenerator:
         return self([(math.ceil(height / s), math.ceil(width / s)) for s in self.strides], device, dtype)
 
     def _build(self, sizes, device, dtype):
+        # The cell anchors of every level in one copy; the location grids from arange on the device.
+        cells = _to_device(torch.stack([self._cell_anchors_host(lv, dtype) for lv in range(len(sizes))]), device)
         levels, counts = [], []
         for level, ((h, w), stride) in enumerate(zip(sizes, self.strides)):
-            base = self.cell_anchors(level, device, dtype)
+            base = cells[level]
             shifts_x = torch.arange(0, w, dtype=torch.int32, device=device) * stride
             shifts_y = torch.arange(0, h, dtype=torch.int32, device=device) * stride
             shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
@@ -117,3 +142,14 @@ class AnchorGenerator:
             levels.append((shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4))
             counts.append(levels[-1].shape[0])
         return torch.cat(levels), counts
+
+
+def _to_device(t: Tensor, device) -> Tensor:
+    """``t`` (a small host tensor) on ``device``; to CUDA by a non-blocking copy from pinned memory,
+    so the host never waits (a blocking copy would synchronise with the GPU)."""
+    device = torch.device(device if device is not None else "cpu")
+    if device.type == "cpu":
+        return t
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
