@@ -1,22 +1,154 @@
 #!/usr/bin/env bash
-# One call on the GPU machine: build with CUDA, run the whole test suite (CUDA parametrisations
-# included) and the CUDA benchmarks; logs and results go to $OUT (default benchmarks/results/gpu).
-#   device tool: run(command="bash benchmarks/gpu_check.sh", carry=[".whl"])
-# Wheels missing on that machine (e.g. pycocotools) travel in .whl/ (see the device README).
+# The GPU checks in stages, each well inside the device tool's 10 minutes per command (estimates
+# for one H100 with 16 CPU cores, a fresh machine's build included):
+#
+#   build      build the CUDA kernels (TORCH_CUDA_ARCH_LIST=9.0), print the build
+#              configuration, check every op has a CUDA kernel                      ~2-3 min
+#   tests      build if needed, then the CUDA tests (pytest -k cuda: every [cuda]
+#              parametrisation, tests/test_cuda.py, the device asserts)             ~5 min
+#   quick      build if needed, quick CUDA benchmarks of every family               ~4 min
+#   focal      build if needed, full focal-loss benchmark (16 x 120k x 80, fp32 and
+#              bf16; reference eager and compiled; torchvision)                     ~5 min
+#   boxes      build if needed, full assign and nms / batched_nms / postprocess
+#              benchmarks                                                            ~5-6 min
+#   retinanet  build if needed, full RetinaNet-R50 training and post-processing step  ~5 min
+#   sanitize   build if needed, compute-sanitizer memcheck, racecheck and synccheck
+#              on every CUDA kernel at small and odd sizes (cuda_small_cases.py)    ~5 min
+#
+#   bash benchmarks/gpu_check.sh STAGE [STAGE...]      (several stages: one after the other)
+#   device tool: run(command="bash benchmarks/gpu_check.sh tests", timeout_s=600)
+#
+# A stage writes its logs and results under $OUT (default benchmarks/results/gpu) as it goes, at
+# most 3 files per stage plus build.log, so that what was done comes back even when a command is
+# stopped: build.log, tests.log, quick.log + quick/, focal.log + focal/, boxes.log + boxes/,
+# retinanet.log + retinanet/, sanitize.log. A stage's run (after the build) that passes
+# STAGE_TIMEOUT seconds (default 420) is stopped and reported as failed. The exit status is
+# non-zero if any stage failed.
+# Wheels missing on that machine travel in .whl/ (see the device README).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu}
 mkdir -p "$OUT"
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} FOCALOPS_CUDA=1 PYTHONUNBUFFERED=1
+export MAX_JOBS=${MAX_JOBS:-$(nproc)}
+STAGE_TIMEOUT=${STAGE_TIMEOUT:-420}
+PY=${PYTHON:-python3}
+STAGES="build tests quick focal boxes retinanet sanitize"
+
+usage() {
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+  exit 2
+}
+[ $# -ge 1 ] || usage
+for s in "$@"; do
+  case " $STAGES " in *" $s "*) ;; *) echo "unknown stage: $s (stages: $STAGES)"; usage ;; esac
+done
+
 if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    && export PYTHONPATH=/tmp/site
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
+
+built() {
+  $PY -c "import sys, focalops; sys.exit(0 if focalops.has_cuda_kernels() else 1)" >/dev/null 2>&1
+}
+
+# In place (no pip: pip hides setup.py's output without -v), so the configuration is printed.
+build() {
+  {
+    echo "== environment"
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1
+    command -v nvcc >/dev/null && nvcc --version | tail -2
+    $PY -c "import sys, torch; print('python', sys.version.split()[0], '| torch', torch.__version__, \
+'| torch cuda', torch.version.cuda, '|', torch.cuda.get_device_name() if torch.cuda.is_available() else 'no GPU')"
+    echo "== build (MAX_JOBS=$MAX_JOBS, TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
+  } 2>&1 | tee -a "$OUT/build.log"
+  local t0=$SECONDS
+  if ! $PY setup.py build_ext --inplace >>"$OUT/build.log" 2>&1; then
+    tail -40 "$OUT/build.log"
+    echo "build FAILED after $((SECONDS - t0)) s (full log: build.log)"
+    return 1
+  fi
+  grep "focalops build" "$OUT/build.log" | tail -1
+  grep -i "warning" "$OUT/build.log" | grep -E "csrc/" | sort -u | head -20
+  echo "built in $((SECONDS - t0)) s"
+  $PY -c "import torch, focalops; assert focalops.has_cuda_kernels(), 'no CUDA kernels'; \
+print('CUDA kernels registered; focalops CPU capability', focalops.cpu_capability())" 2>&1 | tee -a "$OUT/build.log"
+}
+
+ensure_built() {
+  if built; then
+    echo "focalops already built with CUDA kernels (delete focalops/_C.so to rebuild)"
+  else
+    build
+  fi
+}
+
+# run_logged NAME CMD...: CMD under LIMIT (default STAGE_TIMEOUT) seconds, its output shown and
+# kept in $OUT/NAME.log.
+run_logged() {
+  local name=$1
+  shift
+  local t0=$SECONDS limit=${LIMIT:-$STAGE_TIMEOUT}
+  echo "== $name: $*" | tee -a "$OUT/$name.log"
+  timeout --kill-after=20 "$limit" "$@" 2>&1 | tee -a "$OUT/$name.log"
+  local rc=${PIPESTATUS[0]}
+  [ "$rc" = 124 ] && echo "$name: stopped after $limit s" | tee -a "$OUT/$name.log"
+  echo "== $name: exit $rc after $((SECONDS - t0)) s" | tee -a "$OUT/$name.log"
+  return "$rc"
+}
+
+sanitizer() {
+  command -v compute-sanitizer 2>/dev/null && return
+  ls -d /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda-*/bin/compute-sanitizer \
+    /opt/nvidia/*/compute-sanitizer/compute-sanitizer 2>/dev/null | tail -1
+}
+
+# memcheck, racecheck and synccheck, a third of the stage's time each. Only our kernels are
+# instrumented (SANITIZER_FILTER; set it empty to instrument every kernel); no caching allocator,
+# so an out-of-bounds access falls outside its own allocation.
+sanitize() {
+  local tool rc=0 bin
+  bin=$(sanitizer)
+  [ -n "$bin" ] || { echo "compute-sanitizer not found" | tee -a "$OUT/sanitize.log"; return 1; }
+  for tool in memcheck racecheck synccheck; do
+    # shellcheck disable=SC2086
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 LIMIT=$((STAGE_TIMEOUT / 3)) run_logged sanitize "$bin" --tool "$tool" \
+      --error-exitcode 1 --print-limit 20 ${SANITIZER_FILTER-"--kernel-name kns=focalops"} \
+      "$PY" benchmarks/cuda_small_cases.py || rc=1
+  done
+  return $rc
+}
+
 status=0
-python3 -m pip install --no-build-isolation --no-deps -e . >"$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
-grep "focalops build" "$OUT/build.log"
-python3 -c "import focalops; assert focalops.has_cuda_kernels(); print('CUDA kernels registered')" || status=1
-python3 -m pytest -q -rs tests 2>&1 | tee "$OUT/tests.log" | tail -25 || status=1
-python3 -m benchmarks --device cuda --out "$OUT" 2>&1 | tee "$OUT/bench.log" || status=1
+for stage in "$@"; do
+  echo "######## stage $stage"
+  case $stage in
+    build) build || status=1 ;;
+    tests)
+      ensure_built || { status=1; continue; }
+      run_logged tests "$PY" -m pytest -q -rs -p no:cacheprovider -k cuda tests || status=1
+      ;;
+    quick)
+      ensure_built || { status=1; continue; }
+      run_logged quick "$PY" -m benchmarks --device cuda --quick --out "$OUT/quick" || status=1
+      ;;
+    focal)
+      ensure_built || { status=1; continue; }
+      run_logged focal "$PY" -m benchmarks --device cuda --only focal_loss --out "$OUT/focal" || status=1
+      ;;
+    boxes)
+      ensure_built || { status=1; continue; }
+      run_logged boxes "$PY" -m benchmarks --device cuda --only assign,nms --out "$OUT/boxes" || status=1
+      ;;
+    retinanet)
+      ensure_built || { status=1; continue; }
+      run_logged retinanet "$PY" -m benchmarks --device cuda --only retinanet --out "$OUT/retinanet" || status=1
+      ;;
+    sanitize)
+      ensure_built || { status=1; continue; }
+      sanitize || status=1
+      ;;
+  esac
+done
 exit $status

@@ -272,3 +272,73 @@ def test_cuda_kernels_registered():
         "retinanet_targets",
     ):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"focalops::{op}", "CUDA"), op
+
+
+# --- CUDA: block and tile boundaries, device-side asserts -----------------------------------------
+
+needs_cuda = pytest.mark.skipif(
+    not (torch.cuda.is_available() and focalops.has_cuda_kernels()), reason="needs CUDA kernels"
+)
+
+
+@needs_cuda
+@pytest.mark.parametrize("A", [1023, 1024, 1025, 2049, 12_345])
+def test_cuda_assign_across_block_and_tile_boundaries(A):
+    """A block of the best-IoU kernel holds 1,024 anchors (256 threads x 4) and stages boxes in
+    tiles of 1,024: anchor counts around those, 1,500 boxes, exact IoU ties at the edges."""
+    anchors = focalops.AnchorGenerator().for_image_size(512, 512)[0][:A].contiguous()
+    g = torch.Generator().manual_seed(A)
+    G = 1500
+    xy = torch.rand(3, G, 2, generator=g) * 400
+    gt = torch.cat([xy, xy + 8 + torch.rand(3, G, 2, generator=g) * 120], -1)
+    gt[0, 5] = anchors[A - 1]  # IoU 1 with the last anchor of the last block
+    gt[0, 1024] = anchors[min(1024, A - 1)]  # first box of the second tile
+    gt[2, 1099] = anchors[0]  # last counted box of image 2
+    gt[2, 1100] = anchors[1]  # padding: never matched
+    counts = torch.tensor([G, 0, 1100])
+    labels = torch.randint(0, 80, (3, G), generator=g)
+    for low_quality in (True, False):
+        cpu = focalops.assign(anchors, gt, counts, allow_low_quality=low_quality)
+        cuda = focalops.assign(anchors.cuda(), gt.cuda(), counts.cuda(), allow_low_quality=low_quality)
+        assert torch.equal(cpu, cuda.cpu())
+    assert cpu[0, A - 1] == 5 and cpu[2, 0] == 1099 and (cpu[2] != 1100).all() and (cpu[1] == -1).all()
+    want = focalops.retinanet_targets(cpu, gt, labels, anchors)
+    got = focalops.retinanet_targets(cuda, gt.cuda(), labels.cuda(), anchors.cuda())
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a.cpu(), b, rtol=1e-6, atol=1e-6)
+
+
+_ASSERT_SETUP = (
+    "import torch, focalops\n"
+    "a = focalops.AnchorGenerator().for_image_size(256, 256, device='cuda')[0].clone()\n"
+    "gt = torch.tensor([[[0.0, 0, 50, 50], [10, 10, 90, 90], [5, 5, 20, 30], [100, 100, 200, 180]]], device='cuda')\n"
+    "c = torch.tensor([4], device='cuda')\n"
+)
+_ASSERT_CASES = {
+    "valid": "focalops.assign(a, gt, c)",
+    "count_above_G": "focalops.assign(a, gt, torch.tensor([5], device='cuda'))",
+    "negative_count": "focalops.assign(a, gt, torch.tensor([-1], device='cuda'))",
+    "nan_anchor_in_second_block": "a[1500, 2] = float('nan')\nfocalops.assign(a, gt, c)",
+    "nan_gt_box": "gt[0, 1, 0] = float('nan')\nfocalops.assign(a, gt, c)",
+    "matched_out_of_range": (
+        "m = torch.full((1, a.shape[0]), 4, device='cuda')\n"
+        "focalops.retinanet_targets(m, gt, torch.zeros(1, 4, dtype=torch.long, device='cuda'), a)"
+    ),
+}
+
+
+@needs_cuda
+@pytest.mark.parametrize("case", sorted(_ASSERT_CASES))
+def test_cuda_bad_values_are_device_asserts(case):
+    """Checks of data on the GPU are device-side asserts (no host synchronisation): the process's
+    CUDA context is lost, so each case runs in its own interpreter."""
+    import subprocess
+    import sys
+
+    code = _ASSERT_SETUP + _ASSERT_CASES[case] + "\ntorch.cuda.synchronize()\nprint('finished')\n"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    out = proc.stdout + proc.stderr
+    if case == "valid":
+        assert proc.returncode == 0 and "finished" in out, out[-3000:]
+    else:
+        assert proc.returncode != 0 and "assert" in out.lower(), out[-3000:]

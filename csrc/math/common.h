@@ -5,7 +5,10 @@
 // add Lanes<Vectorized<float>>). Both instantiations run the same IEEE operations in the same
 // order (builds use -ffp-contract=off; Lanes::fmadd fuses where the ISA has FMA), so vector
 // bodies and scalar tails agree bit for bit, and so do the avx2 and avx512 builds. On the host the float versions are branch-free polynomials; the device uses
-// CUDA's libdevice functions; double always uses libm (the gradcheck / reference path).
+// CUDA's libdevice functions; double always uses libm (the gradcheck / reference path). So CPU and
+// CUDA agree bit for bit only where the math is IEEE +, -, *, / alone (IoU, hence assignment and
+// NMS decisions on the same boxes); through exp / log (focal loss, box decoding, scores) they agree
+// within a few ulp, which is what the CPU-vs-CUDA tests check (assert_close, not equal).
 #pragma once
 
 #include <cmath>

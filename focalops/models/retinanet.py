@@ -361,7 +361,8 @@ class RetinaNet(nn.Module):
         cls_logits, box_deltas, anchors, level_sizes = self._heads(batch)
         if self.training:
             return self.compute_loss(cls_logits, box_deltas, anchors, *gt)
-        image_sizes = torch.tensor(sizes, dtype=torch.int64, device=batch.device)
+        image_sizes = torch.tensor(sizes, dtype=torch.int64)  # then a non-blocking copy: no host sync
+        image_sizes = (image_sizes.pin_memory() if batch.is_cuda else image_sizes).to(batch.device, non_blocking=True)
         return self.detect(cls_logits, box_deltas, anchors, level_sizes, image_sizes)
 
     def detect_batch(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
