@@ -333,6 +333,16 @@ def test_internal_errors_show_a_traceback_only_with_debug(run, capsys, monkeypat
     assert result.returncode == 1 and result.stderr == f"focalops eval: error: {missing}: checkpoint not found\n"
 
 
+def test_a_closed_output_pipe_ends_quietly(run, tmp_path):
+    """`focalops predict ... | head`: the reader is gone; no traceback, no 'internal error'."""
+    cmd = [sys.executable, "-m", "focalops", "predict", str(run / "last.pth"), "-o", str(tmp_path / "p.png"),
+           "--score-thresh", "0", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command prints anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err
+
+
 def test_a_missing_extra_is_named(capsys, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "tqdm", None)  # `import tqdm` now fails as if not installed
     status, _, err = _run(capsys, "train", *TINY, "--iters", "1", "--out", tmp_path)
