@@ -197,6 +197,7 @@ setup(
     cmdclass={"build_ext": BuildWithCpuKernels.with_options(no_python_abi_suffix=True)},
     options={"bdist_wheel": {"py_limited_api": _limited_api()[1]}},
     python_requires=f">=3.{_limited_api()[1][3:]}",
-    install_requires=["torch>=2.4"],
+    install_requires=["torch>=2.4", "numpy"],
+    extras_require={"cli": ["pillow>=10.1", "tqdm", "pycocotools", "matplotlib"]},
     entry_points={"console_scripts": ["focalops=focalops.cli:main"]},
 )

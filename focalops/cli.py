@@ -610,6 +610,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         with _one_line_warnings():
             return _COMMANDS[args.command](args, _explicit(argv, args.command))
+    except BrokenPipeError:  # the reader went away (`focalops predict ... | head`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (Exception, KeyboardInterrupt) as exc:
         if getattr(args, "debug", False):
             raise

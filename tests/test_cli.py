@@ -5,6 +5,8 @@ prediction, a flat VOC folder with custom classes, bench delegation, DDP."""
 import argparse
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import struct
@@ -333,6 +335,16 @@ def test_internal_errors_show_a_traceback_only_with_debug(run, capsys, monkeypat
     assert result.returncode == 1 and result.stderr == f"focalops eval: error: {missing}: checkpoint not found\n"
 
 
+def test_a_closed_output_pipe_ends_quietly(run, tmp_path):
+    """`focalops predict ... | head`: the reader is gone; no traceback, no 'internal error'."""
+    cmd = [sys.executable, "-m", "focalops", "predict", str(run / "last.pth"), "-o", str(tmp_path / "p.png"),
+           "--score-thresh", "0", "--device", "cpu"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the command prints anything
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 141 and err == "", err
+
+
 def test_a_missing_extra_is_named(capsys, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "tqdm", None)  # `import tqdm` now fails as if not installed
     status, _, err = _run(capsys, "train", *TINY, "--iters", "1", "--out", tmp_path)
@@ -391,6 +403,39 @@ def test_flat_voc_folder_with_custom_classes_through_the_cli(tmp_path, capsys):
     assert len(rows) > 0 and {row.split(",")[5] for row in rows} <= {"Snag", "Tree"}
     assert (boxes >= 0).all() and (boxes[:, [0, 2]] <= 192).all() and (boxes[:, [1, 3]] <= 128).all()
     assert boxes[:, 2].max() > 128 and boxes[:, 3].max() > 64  # mapped back from the later tiles
+
+
+def _readme_commands():
+    """The argument lists of the ``python -m focalops`` / ``-m focalops`` commands in the README's
+    bash blocks (continued lines joined)."""
+    text = open(os.path.join(ROOT, "README.md")).read()
+    for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if "-m focalops " in line:
+                yield shlex.split(line.split("-m focalops ", 1)[1].split(" #")[0])
+
+
+def test_readme_commands_are_valid():
+    from focalops.data import DataSpec
+
+    commands = [argv for argv in _readme_commands() if argv[0] != "bench"]
+    assert {argv[0] for argv in commands} == {"train", "eval", "predict"} and len(commands) >= 8
+    for argv in commands:
+        args = cli.build_parser().parse_args(argv)  # exits on an unknown flag or a bad value
+        if args.command == "train":
+            DataSpec(**{k: getattr(args, k) for k in DataSpec.__dataclass_fields__})  # flags that go together
+
+
+def test_readme_predict_example_runs(run, tmp_path, capsys, monkeypatch):
+    """The README's `predict --image docs/photo.jpg` line, on the tiny run's checkpoint."""
+    argv = next(a for a in _readme_commands() if "docs/photo.jpg" in a)
+    argv = [str(run / "last.pth") if a.endswith("last.pth") else a for a in argv]
+    argv[argv.index("-o") + 1] = str(tmp_path / "prediction.png")
+    monkeypatch.chdir(ROOT)
+    status, stdout, _ = _run(capsys, *argv, "--device", "cpu", "--no-progress")
+    assert status == 0 and "docs/photo.jpg" in stdout
+    with Image.open(tmp_path / "prediction.png") as im:
+        assert im.size == (384, 256)
 
 
 def test_amp_flag_trains(tmp_path, capsys):

@@ -224,11 +224,12 @@ def train(
         worker_init_fn=_ignore_stop_signals,
     )
     describe = getattr(train_set, "describe", None)
+    source = describe() if describe else type(train_set).__name__
+    kinds = f"{len(classes)} class{'es' if len(classes) > 1 else ''}: {', '.join(classes)}"
     say(
-        f"focalops train: {model.config.get('backbone', type(model).__name__)} on "
-        f"{describe() if describe else type(train_set).__name__} ({len(train_set)} images, {len(classes)} classes: "
-        f"{', '.join(classes)}), {total} iterations x {config.batch_size} images x {world} process(es), "
-        f"device {device}, amp {config.amp or 'off'}" + (f", resumed at iteration {start}" if start else "")
+        f"focalops train: {model.config.get('backbone', type(model).__name__)} on {source} ({len(train_set)} images, "
+        f"{kinds}), {total} iterations x {config.batch_size} images x {world} process(es), device {device}, "
+        f"amp {config.amp or 'off'}" + (f", resumed at iteration {start}" if start else "")
     )
     values: Dict[str, float] = {}
     seen, tick = 0, time.perf_counter()  # images and time since the last log line
