@@ -58,7 +58,16 @@ def exported(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
     model = _tiny_model()
     ckpt = str(tmp / "last.pth")
-    save_checkpoint(ckpt, model, None, None, 0, {"classes": CLASSES, "args": {"image_size": 160, "max_size": 256}})
+    save_checkpoint(
+        ckpt,
+        {
+            "model": model.state_dict(),
+            "config": model.config,
+            "iteration": 0,
+            "classes": CLASSES,
+            "args": {"image_size": 160, "max_size": 256},
+        },
+    )
     program = export_checkpoint(ckpt, str(tmp / "model.pt2"), score_thresh=SCORE_THRESH)
     model.config["score_thresh"] = SCORE_THRESH
     return model, ckpt, program
