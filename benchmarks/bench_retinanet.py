@@ -180,15 +180,8 @@ def _torchvision_rows(device: str) -> List[Dict]:
 
     def step_fn(model):
         optimizer = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9)
-
-        def step():
-            with _autocast(device, amp):
-                losses = model(image_list, targets)
-            optimizer.zero_grad(set_to_none=True)
-            sum(losses.values()).backward()
-            optimizer.step()
-
-        return step
+        case = {"device": device, "amp": amp, "images": image_list, "targets": targets, "optimizer": optimizer}
+        return _step_fn(model, "", case)
 
     steps: Dict[str, Dict] = {}
     for model in models.values():
