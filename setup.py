@@ -11,6 +11,8 @@ Environment:
   TORCH_CUDA_ARCH_LIST   GPU architectures; defaults to "8.0;9.0" when no GPU is visible
   MAX_JOBS               parallel compile jobs (ninja)
   DEBUG=1                -O0 -g instead of -O3
+  FOCALOPS_SANITIZE=1    AddressSanitizer + UndefinedBehaviorSanitizer build, CPU kernels only
+                         (`make sanitize` builds it aside and runs the op tests under it)
 """
 
 import glob
@@ -51,6 +53,17 @@ CAPABILITY_FLAGS = {
 
 
 QUIET_HEADER_WARNINGS = ["-Wno-unknown-pragmas", "-Wno-maybe-uninitialized"]
+
+# Every UB check stops the process (UBSan would otherwise print and go on). float-cast-overflow
+# (a float -> int conversion out of range, e.g. of NaN) is not part of GCC's `undefined`.
+# -fno-wrapv: Python's CFLAGS carry -fwrapv, which would define away signed overflow.
+SANITIZE = ["-fsanitize=address,undefined,float-cast-overflow"]
+SANITIZE_CFLAGS = SANITIZE + [
+    "-fno-sanitize-recover=undefined,float-cast-overflow",
+    "-fno-wrapv",
+    "-fno-omit-frame-pointer",
+    "-g",
+]
 
 
 def _flag(name: str):
@@ -137,13 +150,16 @@ class BuildWithCpuKernels(BuildExtension):
 
 def _extension():
     debug = bool(_flag("DEBUG"))
+    sanitize = bool(_flag("FOCALOPS_SANITIZE"))
     cuda_home = _cuda_home()
-    with_cuda = _want_cuda(cuda_home)
+    with_cuda = _want_cuda(cuda_home) and not sanitize  # the sanitizers are for the host code
     limited_api, _, define_limited_api = _limited_api()
     opt = ["-O0", "-g"] if debug else ["-O3"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
     # No FMA contraction: every CPU ISA and CUDA round IoU and the focal loss identically.
     cxx = opt + ["-ffp-contract=off"]  # the C++ standard is torch's default
+    if sanitize:
+        cxx += SANITIZE_CFLAGS
     if define_limited_api:
         cxx.append(f"-DPy_LIMITED_API={limited_api}")
     # at::parallel_for is inlined into our kernels: with torch's OpenMP backend it is an
@@ -151,6 +167,7 @@ def _extension():
     openmp = torch._C.has_openmp and sys.platform.startswith("linux")
     link = ["-fopenmp"] if openmp else []
     cxx += link
+    link += SANITIZE if sanitize else []
     kwargs = dict(
         name="focalops._C",
         include_dirs=[os.path.join(ROOT, "csrc")],
@@ -180,7 +197,7 @@ def _extension():
             cuda_home,
             os.environ.get("TORCH_CUDA_ARCH_LIST", "-") if with_cuda else "-",
             ",".join(_capabilities()),
-            "debug" if debug else "release",
+            ("debug" if debug else "release") + (" + ASan/UBSan" if sanitize else ""),
             "on" if openmp else "off",
             os.environ.get("MAX_JOBS", "auto"),
         )

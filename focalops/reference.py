@@ -99,7 +99,7 @@ def assign(
     out = []
     for b in range(gt_boxes.shape[0]):
         boxes = gt_boxes[b, : int(gt_counts[b])].float()
-        if boxes.shape[0] == 0:
+        if boxes.shape[0] == 0 or anchors.shape[0] == 0:
             out.append(torch.full((anchors.shape[0],), -1, dtype=torch.int64, device=anchors.device))
         else:
             out.append(_match(box_iou(boxes, anchors), fg_iou, bg_iou, allow_low_quality))
@@ -208,7 +208,10 @@ def postprocess(
     nms_thresh: float = 0.5,
     detections_per_img: int = 100,
 ):
-    """torchvision RetinaNet.postprocess_detections, padded to detections_per_img per image."""
+    """torchvision RetinaNet.postprocess_detections, padded to detections_per_img per image.
+
+    The top-k of a level is a stable sort (tied scores: lower flat index first), where
+    torchvision's topk leaves the order of ties unspecified; otherwise the same."""
     num_images, _, num_classes = cls_logits.shape
     dtype = torch.promote_types(cls_logits.dtype, torch.float32)
     device = cls_logits.device
@@ -227,7 +230,8 @@ def postprocess(
             scores_l = scores_l[keep_idxs]
             topk_idxs = torch.where(keep_idxs)[0]
             num_topk = min(topk_candidates, topk_idxs.numel())
-            scores_l, idxs = scores_l.topk(num_topk)
+            scores_l, idxs = scores_l.sort(descending=True, stable=True)
+            scores_l, idxs = scores_l[:num_topk], idxs[:num_topk]
             topk_idxs = topk_idxs[idxs]
             anchor_idxs = torch.div(topk_idxs, num_classes, rounding_mode="floor")
             labels_l = topk_idxs % num_classes

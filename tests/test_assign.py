@@ -60,6 +60,16 @@ def test_assign_ties_lowest_box_wins_and_own_best():
     assert out[0, 0] == 0 and out[0, 1] == 0
 
 
+def test_assign_thresholds_are_inclusive(device):
+    """IoU exactly fg_iou is foreground, exactly bg_iou is ignored (Matcher: >= fg, < bg is background)."""
+    gt = torch.tensor([[[0.0, 0, 10, 10]]], device=device)
+    # IoU with the box: 1, 0.5, 0.4, 0.3 (40 / 100 rounds to the float32 nearest 0.4, as bg_iou does)
+    anchors = torch.tensor([[0.0, 0, 10, 10], [0, 0, 5, 10], [0, 0, 4, 10], [0, 0, 3, 10]], device=device)
+    for lq in (True, False):
+        out = focalops.assign(anchors, gt, torch.tensor([1], device=device), 0.5, 0.4, lq)
+        assert out.tolist() == [[0, 0, -2, -1]]
+
+
 def test_assign_empty_and_padding(device):
     anchors, gt, _ = make_batch(3, 5, 40, 0, device)
     counts = torch.tensor([0, 5, 2], device=device)

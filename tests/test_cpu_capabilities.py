@@ -25,12 +25,24 @@ ORDER = ["default", "avx2", "avx512"]
 # ATen's own choice for this host (it never exceeds what the CPU has).
 BEST = {"AVX512": "avx512", "AVX2": "avx2"}.get(torch.backends.cpu.get_cpu_capability(), "default")
 RUNNABLE = ORDER[: ORDER.index(BEST) + 1] if X86 else ["default"]
-OP_TESTS = ["test_focal_loss.py", "test_boxes.py", "test_assign.py", "test_nms.py", "test_postprocess.py"]
+OP_TESTS = [
+    "test_focal_loss.py",
+    "test_boxes.py",
+    "test_assign.py",
+    "test_nms.py",
+    "test_postprocess.py",
+    "test_hostile.py",
+]
 IN_SUBPROCESS = "FOCALOPS_CAPABILITY_SUBPROCESS"
 
 
 def _env(cap):
-    return {**os.environ, "ATEN_CPU_CAPABILITY": cap, IN_SUBPROCESS: "1"}
+    # The subprocesses import the focalops under test (a script's own folder comes first on its
+    # path, so without this they would find whatever focalops is installed).
+    path = os.pathsep.join(
+        p for p in (os.path.dirname(os.path.dirname(focalops.__file__)), os.environ.get("PYTHONPATH")) if p
+    )
+    return {**os.environ, "ATEN_CPU_CAPABILITY": cap, IN_SUBPROCESS: "1", "PYTHONPATH": path}
 
 
 def test_capability_follows_aten():

@@ -354,6 +354,15 @@ def test_sum_is_deterministic_across_thread_counts():
     assert one.item() == many.item()
 
 
+def test_float32_sum_beyond_the_float_range_is_inf():
+    """The sum is accumulated in float64; past the float32 range it is inf, not an error."""
+    x = torch.tensor([[0.0, 3e38, 3e38]])
+    total = focalops.sigmoid_focal_loss(x, torch.tensor([0]), reduction="sum")
+    assert total.dtype == torch.float32 and total.item() == math.inf
+    big = torch.full((1, 2), 1.7e38)  # 0.75 * 3.4e38 = 2.55e38: still finite
+    assert math.isfinite(focalops.sigmoid_focal_loss(big, torch.tensor([-1]), reduction="sum").item())
+
+
 def test_sum_float32_accumulation_does_not_overflow_half():
     x = torch.full((4000, 80), -12.0, dtype=torch.float16)
     labels = torch.zeros(4000, dtype=torch.long)  # 4000 confidently wrong positives, ~ 0.25 * 12 each

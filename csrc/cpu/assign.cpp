@@ -45,9 +45,7 @@ at::Tensor assign_cpu(const at::Tensor& anchors_, const at::Tensor& gt_boxes_, c
   const auto gt_boxes = gt_boxes_.contiguous();
   const auto gt_counts = gt_counts_.contiguous();
   const int64_t A = anchors.size(0), B = gt_boxes.size(0), G = gt_boxes.size(1);
-  auto matched = at::empty({B, A}, anchors.options().dtype(at::kLong));
-  if (matched.numel() == 0) return matched;
-
+  // Checked even when there is nothing to match: a bad input is an error whatever its size.
   const int64_t* counts = gt_counts.data_ptr<int64_t>();
   for (int64_t b = 0; b < B; ++b) {
     TORCH_CHECK(counts[b] >= 0 && counts[b] <= G, "assign: gt_counts must be in [0, G] = [0, ", G, "], got ", counts[b],
@@ -56,6 +54,8 @@ at::Tensor assign_cpu(const at::Tensor& anchors_, const at::Tensor& gt_boxes_, c
   const float* gt = gt_boxes.data_ptr<float>();
   for (int64_t b = 0; b < B; ++b) check_finite_boxes(gt + b * G * 4, counts[b] * 4, "gt_boxes");
   check_finite_boxes(anchors.data_ptr<float>(), A * 4, "anchors");
+  auto matched = at::empty({B, A}, anchors.options().dtype(at::kLong));
+  if (matched.numel() == 0) return matched;
 
   std::vector<float> cols(4 * A);
   {

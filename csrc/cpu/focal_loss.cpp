@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 #include <vector>
@@ -192,6 +193,10 @@ void focal_cpu(Mode mode, const at::Tensor& x, const at::Tensor& targets, const 
   if (mode == Mode::kSum) {
     double s = 0.0;
     for (double v : partial) s += v;
+    // A float32 sum rounds to inf from FLT_MAX + half an ulp on, as float arithmetic would
+    // (fill_ rejects a finite double beyond the float range).
+    constexpr double kFloatInf = 0x1.ffffffp+127;
+    if (out.scalar_type() == at::kFloat && std::abs(s) >= kFloatInf) s = std::copysign(INFINITY, s);
     out.fill_(s);
   }
 }

@@ -202,9 +202,10 @@ std::vector<int64_t> nms_core(const float* boxes, const S* scores, const int64_t
   return out;
 }
 
-at::Tensor nms_entry(const at::Tensor& boxes_in, const at::Tensor& scores_in, const at::Tensor* idxs, double iou_threshold) {
-  TORCH_CHECK(!at::isnan(boxes_in).any().item<bool>(), "nms: boxes contain NaN");
-  TORCH_CHECK(!at::isnan(scores_in).any().item<bool>(), "nms: scores contain NaN");
+at::Tensor nms_entry(const char* op, const at::Tensor& boxes_in, const at::Tensor& scores_in, const at::Tensor* idxs,
+                     double iou_threshold) {
+  TORCH_CHECK(!at::isnan(boxes_in).any().item<bool>(), op, ": boxes contain NaN");
+  TORCH_CHECK(!at::isnan(scores_in).any().item<bool>(), op, ": scores contain NaN");
   const int64_t n = boxes_in.size(0);
   const at::Tensor boxes = boxes_in.to(at::kFloat).contiguous();
   const at::Tensor scores = scores_in.to(scores_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).contiguous();
@@ -221,13 +222,13 @@ at::Tensor nms_entry(const at::Tensor& boxes_in, const at::Tensor& scores_in, co
 
 at::Tensor nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, double iou_threshold) {
   check_nms_args("nms", boxes, scores, iou_threshold);
-  return nms_entry(boxes, scores, nullptr, iou_threshold);
+  return nms_entry("nms", boxes, scores, nullptr, iou_threshold);
 }
 
 at::Tensor batched_nms_cpu(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor& idxs, double iou_threshold) {
   check_nms_args("batched_nms", boxes, scores, iou_threshold);
   check_batched_nms_idxs(boxes, idxs);
-  return nms_entry(boxes, scores, &idxs, iou_threshold);
+  return nms_entry("batched_nms", boxes, scores, &idxs, iou_threshold);
 }
 
 template <typename T>

@@ -7,7 +7,8 @@
 // the loss and its gradient are finite for every finite logit. The gradient is written
 // with (1 - p_t)^gamma, never (1 - p_t)^(gamma - 1), so gamma in (0, 1) is safe at p_t = 1.
 // At x = +-inf both are the limits (loss 0 or inf, gradient finite): every product of a
-// vanishing factor with an infinite one is mul_zero_wins. A NaN logit gives NaN.
+// vanishing factor with an infinite one is mul_zero_wins. A NaN logit gives NaN, except where
+// its weight alpha_t is 0: a weight of 0 gives 0 whatever the logit (as an ignored row).
 #pragma once
 
 #include <type_traits>
@@ -72,8 +73,8 @@ FO_HD LossGrad<T> focal_hard(T x, M positive, T alpha_t, T gamma) {
   const T ce = fmax0(T(0.f) - z) + l;
   const T qg = pow_gamma<G>(q, T(0.f) - (fmax0(z) + l), gamma);
   const T p_t_ce = L::select(p_t > T(0.f), p_t * ce, T(0.f));
-  const T dz = (T(0.f) - alpha_t) * qg * (gamma * p_t_ce + q);
-  return {mul_zero_wins(alpha_t * qg, ce), L::select(positive, dz, T(0.f) - dz)};
+  const T dz = T(0.f) - mul_zero_wins(alpha_t, qg * (gamma * p_t_ce + q));
+  return {mul_zero_wins(alpha_t, mul_zero_wins(qg, ce)), L::select(positive, dz, T(0.f) - dz)};
 }
 
 // Soft target t in [0, 1] (dense form, torchvision's formula):
@@ -98,8 +99,8 @@ FO_HD LossGrad<T> focal_soft(T x, T t, T alpha, T gamma) {
   const T alpha_t = L::select(alpha < T(0.f), one, alpha * t + (one - alpha) * (one - t));
   const T qg = G == kGammaAny ? pow_gamma<G>(q, log_unit(q), gamma) : pow_gamma<G>(q, T(0.f), gamma);
   const T r = L::select(q > T(0.f), p * pm / q, T(0.f));
-  const T grad = alpha_t * qg * (gamma * (one - T(2.f) * t) * mul_zero_wins(r, ce) + p * (one - t) - pm * t);
-  return {mul_zero_wins(alpha_t * qg, ce), grad};
+  const T dx = qg * (gamma * (one - T(2.f) * t) * mul_zero_wins(r, ce) + p * (one - t) - pm * t);
+  return {mul_zero_wins(alpha_t, mul_zero_wins(qg, ce)), mul_zero_wins(alpha_t, dx)};
 }
 
 // m * (loss, or gradient if kGrad) for a 0/1 indicator (kHard) or a soft target t; a_pos and

@@ -60,7 +60,8 @@ def sigmoid_focal_loss(
     writes the gradient in one pass. Computed from the logit (log-sigmoid form): finite loss and
     gradient for every finite logit and every ``gamma >= 0``. At ``+-inf`` logits the loss and
     gradient are their limits (loss 0 or inf, gradient finite); a NaN logit gives a NaN loss
-    and gradient (as torch's own losses), except in ignored rows, which are always 0.
+    and gradient (as torch's own losses), except where its weight is 0 (ignored rows, and
+    ``alpha_t = 0``): those are always 0.
 
     Args:
         inputs (Tensor[..., K]): logits, float32 / float16 / bfloat16 / float64 (half types are

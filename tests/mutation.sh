@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Mutation smoke test, run by hand (not in CI): does the test suite notice a plausible bug in
+# the CPU kernels? Each mutation changes one line of a scratch copy of the tree (the tree itself
+# is never touched), rebuilds it (ninja recompiles only the changed unit and what includes it),
+# and runs the tests that cover that code. A mutation is caught when they fail. Every mutation
+# must be caught: the script exits 1 otherwise (2 if it could not run).
+#
+#   tests/mutation.sh          every mutation (1-4 minutes each on 2 cores)
+#   tests/mutation.sh 1 4      only mutations 1 and 4
+#   tests/mutation.sh --list   the mutations
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+PYTHON="${PYTHON:-python3}"
+
+FILES=() OLD=() NEW=() TESTS=() WHAT=()
+# mutation FILE LINE-AS-IT-IS MUTATED-LINE TESTS-THAT-MUST-CATCH-IT WHAT-IT-BREAKS
+mutation() { FILES+=("$1") OLD+=("$2") NEW+=("$3") TESTS+=("$4") WHAT+=("$5"); }
+
+mutation csrc/cpu/kernels/nms.cpp \
+  "    (Vec::loadu(removed + j) | (v > thr_v)).store(removed + j);" \
+  "    (Vec::loadu(removed + j) | (v < thr_v)).store(removed + j);" \
+  tests/test_nms.py "NMS suppression, vector body: IoU > threshold flipped to <"
+mutation csrc/cpu/kernels/nms.cpp \
+  "    removed[j] |= math::iou(box[0], box[1], box[2], box[3], c.x1[j], c.y1[j], c.x2[j], c.y2[j]) > thr ? -1 : 0;" \
+  "    removed[j] |= math::iou(box[0], box[1], box[2], box[3], c.x1[j], c.y1[j], c.x2[j], c.y2[j]) >= thr ? -1 : 0;" \
+  tests/test_nms.py "NMS suppression, scalar tail: IoU > threshold becomes >="
+mutation csrc/cpu/nms.cpp \
+  "      if (iou_of(c, k, b) > thr) return true;" \
+  "      if (iou_of(c, k, b) < thr) return true;" \
+  tests/test_nms.py "NMS suppression, grid path (>= 2048 boxes): IoU > threshold flipped to <"
+mutation csrc/cpu/assign.cpp \
+  "        int64_t r = v >= fg ? best_idx[j] : (v >= bg ? -2 : -1);" \
+  "        int64_t r = v >= fg ? best_idx[j] : (v > bg ? -2 : -1);" \
+  tests/test_assign.py "assignment: background threshold >= becomes >"
+mutation csrc/cpu/assign.cpp \
+  "        int64_t r = v >= fg ? best_idx[j] : (v >= bg ? -2 : -1);" \
+  "        int64_t r = v > fg ? best_idx[j] : (v >= bg ? -2 : -1);" \
+  tests/test_assign.py "assignment: foreground threshold >= becomes >"
+mutation csrc/cpu/kernels/assign.cpp \
+  "    const bool better = v > best_val[j];" \
+  "    const bool better = v >= best_val[j];" \
+  tests/test_assign.py "assignment, scalar tail: a tie goes to the last box, not the first"
+mutation csrc/math/focal_loss.h \
+  "  const T dz = T(0.f) - mul_zero_wins(alpha_t, qg * (gamma * p_t_ce + q));" \
+  "  const T dz = T(0.f) - mul_zero_wins(L::select(positive, alpha_t, T(1.f)), qg * (gamma * p_t_ce + q));" \
+  tests/test_focal_loss.py "focal loss gradient: alpha dropped for negatives"
+mutation csrc/cpu/kernels/focal_loss.cpp \
+  "  for (; i < a.n; ++i) {" \
+  "  for (; i + 1 < a.n; ++i) {" \
+  tests/test_focal_loss.py "focal loss kernel: off-by-one in the tile's scalar tail"
+mutation csrc/cpu/focal_loss.cpp \
+  "      const int64_t n = std::min(kTile, numel - begin);" \
+  "      const int64_t n = std::min(kTile, numel - begin - 1);" \
+  tests/test_focal_loss.py "focal loss: off-by-one in the last tile's length"
+mutation csrc/cpu/focal_loss.cpp \
+  "    std::fill(m + i, m + i + cnt, ignored ? T(0) : T(1));" \
+  "    std::fill(m + i, m + i + cnt, T(1));" \
+  tests/test_focal_loss.py "focal loss: ignored rows weighted like the others"
+mutation csrc/cpu/kernels/boxes.cpp \
+  "  for (; j < n; ++j) out[j] = math::iou(box[0], box[1], box[2], box[3], c.x1[j], c.y1[j], c.x2[j], c.y2[j]);" \
+  "  for (; j + 1 < n; ++j) out[j] = math::iou(box[0], box[1], box[2], box[3], c.x1[j], c.y1[j], c.x2[j], c.y2[j]);" \
+  tests/test_boxes.py "box_iou kernel: off-by-one in the row's scalar tail"
+mutation csrc/math/box.h \
+  "  return L::select(uni > V(0.f), inter / uni, V(0.f));" \
+  "  return L::select(uni >= V(0.f), inter / uni, V(0.f));" \
+  "tests/test_boxes.py tests/test_nms.py" "IoU: an empty union gives 0 / 0 = NaN, not 0"
+
+if [[ "${1:-}" == "--list" ]]; then
+  for i in "${!WHAT[@]}"; do printf '%2d  %-32s %s\n' $((i + 1)) "${FILES[$i]}" "${WHAT[$i]}"; done
+  exit 0
+fi
+selected=("$@")
+[[ ${#selected[@]} -gt 0 ]] || mapfile -t selected < <(seq 1 ${#WHAT[@]})
+
+# replace_line [--check] FILE OLD NEW: replaces the one line equal to OLD (fails unless there is
+# exactly one such line); --check only looks.
+replace_line() {
+  "$PYTHON" -c '
+import sys
+args = sys.argv[1:]
+check = args[0] == "--check"
+path, old, new = args[check:]
+lines = open(path).read().split("\n")
+hits = [i for i, line in enumerate(lines) if line == old]
+if len(hits) != 1:
+    sys.exit(f"{path}: expected one line {old!r}, found {len(hits)}")
+if not check:
+    lines[hits[0]] = new
+    open(path, "w").write("\n".join(lines))
+' "$@"
+}
+
+WORK="$(mktemp -d "${TMPDIR:-/tmp}/focalops-mutation.XXXXXX")"
+trap 'rm -rf "$WORK"' EXIT
+# The tree as it is now: tracked and untracked files, not ignored ones (build/, the library).
+git -C "$ROOT" ls-files -co --exclude-standard -z | (cd "$ROOT" && tar --null -T - -cf -) | tar -C "$WORK" -xf -
+cd "$WORK"
+# The tests' subprocesses (other CPU capabilities) must import this copy too.
+export PYTHONPATH="$WORK${PYTHONPATH:+:$PYTHONPATH}" FOCALOPS_CUDA=0 MAX_JOBS="${MAX_JOBS:-2}"
+
+build() { "$PYTHON" setup.py build_ext --inplace >build.log 2>&1; }
+run_tests() { "$PYTHON" -m pytest -q -x -p no:cacheprovider -k "not inductor" "$@" >pytest.log 2>&1; }
+
+tests=()
+for i in "${selected[@]}"; do
+  k=$((i - 1))
+  replace_line --check "${FILES[$k]}" "${OLD[$k]}" "${NEW[$k]}" || exit 2
+  read -r -a t <<<"${TESTS[$k]}"
+  tests+=("${t[@]}")
+done
+echo "building the unmutated copy in $WORK ..."
+build || { tail -20 build.log; exit 2; }
+echo "checking that the tests pass unmutated ..."
+mapfile -t tests < <(printf '%s\n' "${tests[@]}" | sort -u)
+run_tests "${tests[@]}" || { tail -30 pytest.log; exit 2; }
+
+missed=0
+for i in "${selected[@]}"; do
+  k=$((i - 1))
+  file="${FILES[$k]}"
+  cp "$file" "$file.orig"
+  replace_line "$file" "${OLD[$k]}" "${NEW[$k]}"
+  start=$SECONDS
+  read -r -a t <<<"${TESTS[$k]}"
+  if ! build; then
+    result="BUILD FAILED (fix the mutation)"
+    missed=$((missed + 1))
+  elif run_tests "${t[@]}"; then
+    result="MISSED"
+    missed=$((missed + 1))
+  else
+    result="caught: $(grep -m1 -oE '^(FAILED|ERROR) [^ ]+' pytest.log || echo 'the tests crashed')"
+  fi
+  printf '%2d  %-72s %s (%ds)\n' "$i" "${WHAT[$k]}" "$result" $((SECONDS - start))
+  mv "$file.orig" "$file"
+  touch "$file"  # newer than the mutated objects, so the next build recompiles it
+done
+echo "$missed of ${#selected[@]} mutations not caught"
+[[ $missed -eq 0 ]]
