@@ -438,14 +438,10 @@ def test_readme_predict_example_runs(run, tmp_path, capsys, monkeypatch):
         assert im.size == (384, 256)
 
 
-def test_amp_flag_trains(tmp_path):
-    # In a fresh process: in-process, after other test files, this bf16 run diverged (NaN at
-    # iteration 2) - an order dependence not yet found, noted on issue 14.
-    import subprocess
-
-    cmd = [sys.executable, "-m", "focalops", "train", *TINY, "--iters", "2", "--amp", "--out", str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+def test_amp_flag_trains(tmp_path, capsys):
+    # 64 px images: P6 and P7 are one pixel wide, the case where oneDNN's bfloat16 weight gradient
+    # read uninitialised memory (see focalops/models/fpn.py); this run diverged before the fix.
+    assert cli.main(["train", *TINY, "--iters", "2", "--amp", "--out", str(tmp_path)]) == 0
 
 
 def test_bench_delegates_and_explains_when_missing(monkeypatch, capsys):

@@ -79,6 +79,27 @@ def test_fpn_levels_and_strides():
     assert all(o.shape[1] == 64 for o in outs)
 
 
+@pytest.mark.parametrize("width", [32, 64])
+def test_fpn_bf16_weight_gradient_of_one_pixel_wide_levels(width):
+    # P6 / P7 one pixel wide: oneDNN's bfloat16 weight gradient of their stride-2 convs read
+    # uninitialised memory (a different value on every call, up to 1e21, then NaN weights).
+    torch.manual_seed(0)
+    fpn = FPN([32, 64, 128], 16)
+    feats = [torch.randn(2, c, 64 // s, width // s) for c, s in zip([32, 64, 128], [8, 16, 32])]
+    grads = []
+    for _ in range(6):
+        fpn.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outs = fpn(feats)
+        sum(o.float().sum() for o in outs[3:]).backward()
+        grads.append(torch.cat([fpn.p6.weight.grad.flatten(), fpn.p7.weight.grad.flatten()]))
+    fpn.zero_grad()
+    sum(o.sum() for o in fpn(feats)[3:]).backward()
+    ref = torch.cat([fpn.p6.weight.grad.flatten(), fpn.p7.weight.grad.flatten()])
+    for g in grads:
+        torch.testing.assert_close(g, ref, rtol=0.05, atol=0.05)
+
+
 def test_retinanet_param_count_and_head_init():
     model = RetinaNet(80, "resnet50")
     conv = lambda cin, cout, k: cin * cout * k * k + cout  # noqa: E731

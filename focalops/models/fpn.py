@@ -2,8 +2,20 @@
 
 from typing import List, Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def _strided_conv(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``conv(x)``, in float32 when CPU autocast meets a map one pixel wide: oneDNN's bfloat16
+    weight gradient of a stride-2 convolution over such a map reads uninitialised memory (torch
+    2.14.1: a different value, up to 1e21, on every call, then NaN weights). It happens to P6/P7
+    of images under 128 px wide; the map is a few pixels, so float32 costs nothing."""
+    if torch.is_autocast_enabled("cpu") and x.device.type == "cpu" and x.shape[-1] == 1:
+        with torch.autocast("cpu", enabled=False):
+            return conv(x.float())
+    return conv(x)
 
 
 class FPN(nn.Module):
@@ -48,6 +60,6 @@ class FPN(nn.Module):
             lateral = self.lateral[i](features[i])
             inner = lateral + F.interpolate(inner, size=lateral.shape[-2:], mode="nearest")
             outs.insert(0, self.output[i](inner))
-        p6 = self.p6(c5 if self.p6_from == "c5" else outs[-1])
-        p7 = self.p7(F.relu(p6))
+        p6 = _strided_conv(self.p6, c5 if self.p6_from == "c5" else outs[-1])
+        p7 = _strided_conv(self.p7, F.relu(p6))
         return outs + [p6, p7]
