@@ -33,6 +33,11 @@ TORCH_LIBRARY(focalops, m) {
   m.def(
       "_sigmoid_focal_loss_backward(Tensor grad, Tensor inputs, Tensor targets, float alpha, float gamma, int ignore_index, "
       "bool reduce) -> Tensor");
+  // CPU only: the forward and the gradient in one pass (the CPU eager training step; on a GPU
+  // the extra write and read of the gradient cost more than recomputing it).
+  m.def(
+      "_sigmoid_focal_loss_with_grad(Tensor inputs, Tensor targets, float alpha, float gamma, int ignore_index, "
+      "bool reduce) -> (Tensor, Tensor)");
 
   // Boxes (x1, y1, x2, y2), anchor assignment and box coding. The coders' anchors hold M rows of
   // 4 that repeat along the other operand's rows (e.g. deltas [B, A, 4] with anchors [A, 4]).

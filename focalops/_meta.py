@@ -58,6 +58,12 @@ def _sigmoid_focal_loss_fake(inputs, targets, alpha, gamma, ignore_index, reduce
     return torch.empty_like(inputs, memory_format=torch.contiguous_format)
 
 
+@torch.library.register_fake("focalops::_sigmoid_focal_loss_with_grad")
+def _sigmoid_focal_loss_with_grad_fake(inputs, targets, alpha, gamma, ignore_index, reduce):
+    loss = _sigmoid_focal_loss_fake(inputs, targets, alpha, gamma, ignore_index, reduce)
+    return loss, torch.empty_like(inputs, memory_format=torch.contiguous_format)
+
+
 @torch.library.register_fake("focalops::_sigmoid_focal_loss_backward")
 def _sigmoid_focal_loss_backward_fake(grad, inputs, targets, alpha, gamma, ignore_index, reduce):
     _check_focal_args(inputs, targets, alpha, gamma, ignore_index)

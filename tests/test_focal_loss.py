@@ -259,6 +259,47 @@ def test_opcheck(device):
             torch.library.opcheck(bwd, (g, x.detach(), t, 0.25, 2.0, -2, reduce))
 
 
+def test_loss_with_grad_op_is_the_forward_and_the_backward():
+    torch.library.opcheck(
+        torch.ops.focalops._sigmoid_focal_loss_with_grad.default,
+        (_inputs((9, 4), "cpu", dtype=torch.float32), _labels((9,), 4, "cpu"), 0.25, 2.0, -2, True),
+    )
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        x = _inputs((33, 70), "cpu", dtype=dtype, scale=6.0)
+        x[0, :4] = torch.tensor([math.inf, -math.inf, 0.0, 1e-30])
+        for t in (_labels((33,), 70, "cpu"), torch.rand(33, 70, dtype=torch.float64).to(dtype)):
+            for reduce in (False, True):
+                loss, grad = torch.ops.focalops._sigmoid_focal_loss_with_grad(x, t, 0.25, 2.0, -2, reduce)
+                ones = torch.ones((), dtype=x.dtype) if reduce else torch.ones_like(x)
+                want_grad = torch.ops.focalops._sigmoid_focal_loss_backward(ones, x, t, 0.25, 2.0, -2, reduce)
+                assert torch.equal(loss, torch.ops.focalops.sigmoid_focal_loss(x, t, 0.25, 2.0, -2, reduce))
+                assert torch.equal(grad, want_grad)
+
+
+@pytest.mark.parametrize("reduction", ["none", "sum", "mean"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_training_path_equals_the_op_path(reduction, dtype):
+    # On CPU with inputs.requires_grad the wrapper takes _sigmoid_focal_loss_with_grad (the
+    # gradient written by the forward, scaled in place); the registered autograd of the op is
+    # what torch.compile and CUDA use. Both must give the same bits, a second backward too.
+    x = _inputs((50, 7), "cpu", dtype=dtype).requires_grad_()
+    t = _labels((50,), 7, "cpu")
+    upstream = torch.rand(50, 7, dtype=dtype) if reduction == "none" else None
+    loss = focalops.sigmoid_focal_loss(x, t, 0.25, 2.0, reduction, normalizer=3.0)
+    node, names = loss.grad_fn, []
+    while node is not None:
+        names.append(node.name())
+        node = node.next_functions[0][0] if node.next_functions else None
+    assert "_LossAndGradientBackward" in names, names
+    (g1,) = torch.autograd.grad(loss, x, upstream, retain_graph=True)
+    (g2,) = torch.autograd.grad(loss, x, upstream)
+    op = torch.ops.focalops.sigmoid_focal_loss(x, t, 0.25, 2.0, -2, reduction != "none")
+    op = (op / x.numel() if reduction == "mean" else op) / 3.0
+    (want,) = torch.autograd.grad(op.to(dtype), x, upstream)
+    assert torch.equal(loss, op.to(dtype))
+    assert torch.equal(g1, want) and torch.equal(g2, want)
+
+
 def test_torch_compile_fullgraph(device):
     def step(x, labels, n):
         return focalops.sigmoid_focal_loss(x, labels, reduction="sum", normalizer=n)

@@ -1,4 +1,6 @@
-// Sigmoid focal loss, CPU: forward (elementwise or summed) and backward.
+// Sigmoid focal loss, CPU: forward (elementwise or summed), backward, and the forward that
+// also writes the gradient (the loss and its gradient share every exponential: the eager
+// training step's one pass over the logits, focalops/ops/focal_loss.py).
 //
 // The flattened input is cut into fixed tiles of kTile elements. Each tile is staged into
 // float buffers (logits, 0/1 or soft targets, a per-element multiplier that carries the
@@ -12,12 +14,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <tuple>
 #include <type_traits>
 #include <vector>
-
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
 
 #include "checks/focal_loss.h"
 #include "cpu/kernels.h"
@@ -35,36 +34,30 @@ enum class Mode { kLoss, kSum, kGrad };
 
 // out[i] = m[i] * (loss or gradient)(x[i], t[i]) for i < n, or, with out == nullptr, the sum
 // of those values in a fixed order. float32: the vectorised kernel of this CPU's capability.
+// (grad_out: see cpu::FocalTile.)
 double run_tile(bool hard, bool grad, int gk, const float* x, const float* t, const float* m, int64_t n, float alpha,
-                float gamma, float* out) {
-  return cpu::focal_tile_stub.get()(cpu::FocalTile{x, t, m, n, alpha, gamma, gk, hard, grad, out});
-}
-
-template <int G>
-double value_f64(bool hard, bool grad, double x, double t, double m, double alpha, double a_pos, double a_neg,
-                 double gamma) {
-  if (hard) {
-    return grad ? math::focal_value<true, true, G>(x, t, m, alpha, a_pos, a_neg, gamma)
-                : math::focal_value<true, false, G>(x, t, m, alpha, a_pos, a_neg, gamma);
-  }
-  return grad ? math::focal_value<false, true, G>(x, t, m, alpha, a_pos, a_neg, gamma)
-              : math::focal_value<false, false, G>(x, t, m, alpha, a_pos, a_neg, gamma);
+                float gamma, float* out, float* grad_out) {
+  return cpu::focal_tile_stub.get()(cpu::FocalTile{x, t, m, n, alpha, gamma, gk, hard, grad, out, grad_out});
 }
 
 // float64 (the gradcheck path): the same math on scalars.
 double run_tile(bool hard, bool grad, int gk, const double* x, const double* t, const double* m, int64_t n, double alpha,
-                double gamma, double* out) {
+                double gamma, double* out, double* grad_out) {
   const double a_pos = alpha < 0.0 ? 1.0 : alpha;
   const double a_neg = alpha < 0.0 ? 1.0 : 1.0 - alpha;
   return math::with_gamma_kind(gk, [&](auto g) {
+    constexpr int G = decltype(g)::value;
     double sum = 0.0;
     for (int64_t i = 0; i < n; ++i) {
-      const double v = value_f64<decltype(g)::value>(hard, grad, x[i], t[i], m[i], alpha, a_pos, a_neg, gamma);
+      const math::LossGrad<double> r = hard ? math::focal_weighted<true, G>(x[i], t[i], m[i], alpha, a_pos, a_neg, gamma)
+                                            : math::focal_weighted<false, G>(x[i], t[i], m[i], alpha, a_pos, a_neg, gamma);
+      const double v = grad ? r.grad : r.loss;
       if (out != nullptr) {
         out[i] = v;
       } else {
         sum += v;
       }
+      if (grad_out != nullptr) grad_out[i] = r.grad;
     }
     return sum;
   });
@@ -106,21 +99,6 @@ void stage_labels(const int64_t* labels, int64_t K, int64_t ignore_index, int64_
   }
 }
 
-// A fresh output the size of the logits (tens of MB for a detector) costs one page fault per
-// 4 KB page when the kernel first writes it - as much time as the backward's arithmetic. Asking
-// for transparent huge pages before the first write (Linux, THP in "madvise" or "always" mode)
-// makes that one fault per 2 MB. Only a hint: nothing changes where it is refused.
-at::Tensor empty_output_like(const at::Tensor& x) {
-  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t(1) << 21;
-  const uintptr_t begin = (reinterpret_cast<uintptr_t>(out.data_ptr()) + kHuge - 1) & ~(kHuge - 1);
-  const uintptr_t end = (reinterpret_cast<uintptr_t>(out.data_ptr()) + out.nbytes()) & ~(kHuge - 1);
-  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
-#endif
-  return out;
-}
-
 // Dense targets of elements [begin, begin + n): in [0, 1] (outside it the loss can go negative),
 // so not NaN either. One branch-free pass; the message comes from a second one.
 template <typename T>
@@ -136,7 +114,7 @@ void check_soft_targets(const T* t, int64_t begin, int64_t n) {
 
 template <typename scalar_t>
 void focal_cpu(Mode mode, const at::Tensor& x, const at::Tensor& targets, const at::Tensor& grad, double alpha,
-               double gamma, int64_t ignore_index, at::Tensor& out) {
+               double gamma, int64_t ignore_index, at::Tensor& out, at::Tensor* grad_out) {
   using T = opmath_t<scalar_t>;
   const int64_t numel = x.numel();
   const bool hard = focal_is_index_form(targets);
@@ -154,12 +132,13 @@ void focal_cpu(Mode mode, const at::Tensor& x, const at::Tensor& targets, const 
   const scalar_t* gp = grad_each ? grad.data_ptr<scalar_t>() : nullptr;
   const T gscale = (mode == Mode::kGrad && !grad_each) ? static_cast<T>(grad.item<double>()) : T(1);
   scalar_t* op = mode == Mode::kSum ? nullptr : out.data_ptr<scalar_t>();
+  scalar_t* gop = grad_out != nullptr ? grad_out->data_ptr<scalar_t>() : nullptr;
   const int gk = math::gamma_kind(static_cast<T>(gamma));
   const int64_t ntiles = (numel + kTile - 1) / kTile;
   std::vector<double> partial(mode == Mode::kSum ? ntiles : 0);
 
   at::parallel_for(0, ntiles, 4, [&](int64_t tile0, int64_t tile1) {
-    T xb[kTile], tb[kTile], mb[kTile], ob[kTile];
+    T xb[kTile], tb[kTile], mb[kTile], ob[kTile], gb[kTile];
     for (int64_t k = tile0; k < tile1; ++k) {
       const int64_t begin = k * kTile;
       const int64_t n = std::min(kTile, numel - begin);
@@ -178,15 +157,20 @@ void focal_cpu(Mode mode, const at::Tensor& x, const at::Tensor& targets, const 
         for (int64_t i = 0; i < n; ++i) mb[i] *= gscale;
       }
       T* ot = mode == Mode::kSum ? nullptr : ob;
+      T* gt = gop != nullptr ? gb : nullptr;
       if constexpr (std::is_same_v<T, scalar_t>) {
         if (op) ot = op + begin;
+        if (gop) gt = gop + begin;
       }
-      const double sum =
-          run_tile(hard, mode == Mode::kGrad, gk, xt, tt, mb, n, static_cast<T>(alpha), static_cast<T>(gamma), ot);
+      const double sum = run_tile(hard, mode == Mode::kGrad, gk, xt, tt, mb, n, static_cast<T>(alpha),
+                                  static_cast<T>(gamma), ot, gt);
       if (mode == Mode::kSum) {
         partial[k] = sum;
       } else if (ot == ob) {
         for (int64_t i = 0; i < n; ++i) op[begin + i] = static_cast<scalar_t>(ob[i]);
+      }
+      if (gt == gb) {
+        for (int64_t i = 0; i < n; ++i) gop[begin + i] = static_cast<scalar_t>(gb[i]);
       }
     }
   });
@@ -202,9 +186,9 @@ void focal_cpu(Mode mode, const at::Tensor& x, const at::Tensor& targets, const 
 }
 
 void dispatch(Mode mode, const at::Tensor& x, const at::Tensor& t, const at::Tensor& g, double alpha, double gamma,
-              int64_t ignore_index, at::Tensor& out) {
+              int64_t ignore_index, at::Tensor& out, at::Tensor* grad_out = nullptr) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sigmoid_focal_loss_cpu",
-                                  [&] { focal_cpu<scalar_t>(mode, x, t, g, alpha, gamma, ignore_index, out); });
+                                  [&] { focal_cpu<scalar_t>(mode, x, t, g, alpha, gamma, ignore_index, out, grad_out); });
 }
 
 at::Tensor sigmoid_focal_loss_cpu(const at::Tensor& inputs, const at::Tensor& targets, double alpha, double gamma,
@@ -212,9 +196,23 @@ at::Tensor sigmoid_focal_loss_cpu(const at::Tensor& inputs, const at::Tensor& ta
   check_focal_args(inputs, targets, alpha, gamma, ignore_index);
   const at::Tensor x = inputs.contiguous();
   const at::Tensor t = targets.contiguous();
-  at::Tensor out = reduce ? at::empty({}, x.options().dtype(focal_sum_dtype(x))) : empty_output_like(x);
+  at::Tensor out = reduce ? at::empty({}, x.options().dtype(focal_sum_dtype(x))) : at::empty_like(x, at::MemoryFormat::Contiguous);
   dispatch(reduce ? Mode::kSum : Mode::kLoss, x, t, at::Tensor(), alpha, gamma, ignore_index, out);
   return out;
+}
+
+// The loss as sigmoid_focal_loss, and the gradient of its sum (reduce) or of each element
+// (d loss[i] / d inputs[i]) in the layout of a contiguous inputs.
+std::tuple<at::Tensor, at::Tensor> sigmoid_focal_loss_with_grad_cpu(const at::Tensor& inputs, const at::Tensor& targets,
+                                                                     double alpha, double gamma, int64_t ignore_index,
+                                                                     bool reduce) {
+  check_focal_args(inputs, targets, alpha, gamma, ignore_index);
+  const at::Tensor x = inputs.contiguous();
+  const at::Tensor t = targets.contiguous();
+  at::Tensor out = reduce ? at::empty({}, x.options().dtype(focal_sum_dtype(x))) : at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor grad = at::empty_like(x, at::MemoryFormat::Contiguous);
+  dispatch(reduce ? Mode::kSum : Mode::kLoss, x, t, at::Tensor(), alpha, gamma, ignore_index, out, &grad);
+  return {out, grad};
 }
 
 at::Tensor sigmoid_focal_loss_backward_cpu(const at::Tensor& grad, const at::Tensor& inputs, const at::Tensor& targets,
@@ -224,7 +222,7 @@ at::Tensor sigmoid_focal_loss_backward_cpu(const at::Tensor& grad, const at::Ten
   const at::Tensor x = inputs.contiguous();
   const at::Tensor t = targets.contiguous();
   const at::Tensor g = reduce ? grad : grad.to(x.scalar_type()).contiguous();
-  at::Tensor out = empty_output_like(x);
+  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
   dispatch(Mode::kGrad, x, t, g, alpha, gamma, ignore_index, out);
   return out;
 }
@@ -234,6 +232,7 @@ at::Tensor sigmoid_focal_loss_backward_cpu(const at::Tensor& grad, const at::Ten
 TORCH_LIBRARY_IMPL(focalops, CPU, m) {
   m.impl("sigmoid_focal_loss", &sigmoid_focal_loss_cpu);
   m.impl("_sigmoid_focal_loss_backward", &sigmoid_focal_loss_backward_cpu);
+  m.impl("_sigmoid_focal_loss_with_grad", &sigmoid_focal_loss_with_grad_cpu);
 }
 
 }  // namespace focalops

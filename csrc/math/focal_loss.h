@@ -103,11 +103,11 @@ FO_HD LossGrad<T> focal_soft(T x, T t, T alpha, T gamma) {
   return {mul_zero_wins(alpha_t, mul_zero_wins(qg, ce)), mul_zero_wins(alpha_t, dx)};
 }
 
-// m * (loss, or gradient if kGrad) for a 0/1 indicator (kHard) or a soft target t; a_pos and
-// a_neg are alpha_t of a positive and of a negative. m = 0 (an ignored row) gives 0, even for
-// an infinite or NaN logit.
-template <bool kHard, bool kGrad, int G, typename T>
-FO_HD T focal_value(T x, T t, T m, T alpha, T a_pos, T a_neg, T gamma) {
+// m * (loss, gradient) for a 0/1 indicator (kHard) or a soft target t; a_pos and a_neg are
+// alpha_t of a positive and of a negative. m = 0 (an ignored row) gives 0, even for an
+// infinite or NaN logit.
+template <bool kHard, int G, typename T>
+FO_HD LossGrad<T> focal_weighted(T x, T t, T m, T alpha, T a_pos, T a_neg, T gamma) {
   LossGrad<T> r;
   if constexpr (kHard) {
     const auto pos = t > T(0.5f);
@@ -115,7 +115,14 @@ FO_HD T focal_value(T x, T t, T m, T alpha, T a_pos, T a_neg, T gamma) {
   } else {
     r = focal_soft<G>(x, t, alpha, gamma);
   }
-  return mul_zero_wins(m, kGrad ? r.grad : r.loss);
+  return {mul_zero_wins(m, r.loss), mul_zero_wins(m, r.grad)};
+}
+
+// One of the two (the other is dead code the compiler drops).
+template <bool kHard, bool kGrad, int G, typename T>
+FO_HD T focal_value(T x, T t, T m, T alpha, T a_pos, T a_neg, T gamma) {
+  const LossGrad<T> r = focal_weighted<kHard, G>(x, t, m, alpha, a_pos, a_neg, gamma);
+  return kGrad ? r.grad : r.loss;
 }
 
 }  // namespace math

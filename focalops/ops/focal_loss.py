@@ -42,6 +42,38 @@ torch.library.register_autograd(
 )
 
 
+class _LossAndGradient(torch.autograd.Function):
+    """The CPU eager training path: the forward also writes d loss / d inputs (one pass over
+    the logits: the loss and its gradient share every exponential, and the gradient buffer is
+    the only fresh one of the step) and the backward scales it in place. A second backward of
+    the same graph (``retain_graph``), or one that builds a graph, recomputes from the inputs."""
+
+    @staticmethod
+    def forward(inputs, targets, alpha, gamma, ignore_index, reduce):
+        return torch.ops.focalops._sigmoid_focal_loss_with_grad(inputs, targets, alpha, gamma, ignore_index, reduce)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        x, targets, alpha, gamma, ignore_index, reduce = inputs
+        ctx.mark_non_differentiable(output[1])
+        ctx.set_materialize_grads(False)  # no zero gradient the size of the logits for output[1]
+        ctx.save_for_backward(x, targets)
+        ctx.args = (alpha, gamma, ignore_index, reduce)
+        ctx.grad = output[1]
+
+    @staticmethod
+    def backward(ctx, grad_loss, _):
+        grad, ctx.grad = ctx.grad, None
+        if grad_loss is None:  # the loss was not used
+            return None, None, None, None, None, None
+        if grad is None or torch.is_grad_enabled():
+            x, targets = ctx.saved_tensors
+            grad_x = torch.ops.focalops._sigmoid_focal_loss_backward(grad_loss, x, targets, *ctx.args)
+        else:
+            grad_x = grad.mul_(grad_loss)
+        return grad_x, None, None, None, None, None
+
+
 def sigmoid_focal_loss(
     inputs: Tensor,
     targets: Tensor,
@@ -57,11 +89,12 @@ def sigmoid_focal_loss(
     A drop-in for ``torchvision.ops.sigmoid_focal_loss`` (dense form) that also takes class
     indices (the form a detector has) without building a one-hot tensor. Forward and backward
     are fused kernels: the forward reads the logits once, the backward recomputes from them and
-    writes the gradient in one pass. Computed from the logit (log-sigmoid form): finite loss and
-    gradient for every finite logit and every ``gamma >= 0``. At ``+-inf`` logits the loss and
-    gradient are their limits (loss 0 or inf, gradient finite); a NaN logit gives a NaN loss
-    and gradient (as torch's own losses), except where its weight is 0 (ignored rows, and
-    ``alpha_t = 0``): those are always 0.
+    writes the gradient in one pass (on CPU, in eager mode with ``inputs.requires_grad``, the
+    forward writes the gradient as it goes and the backward only scales it). Computed from the
+    logit (log-sigmoid form): finite loss and gradient for every finite logit and every
+    ``gamma >= 0``. At ``+-inf`` logits the loss and gradient are their limits (loss 0 or inf,
+    gradient finite); a NaN logit gives a NaN loss and gradient (as torch's own losses), except
+    where its weight is 0 (ignored rows, and ``alpha_t = 0``): those are always 0.
 
     Args:
         inputs (Tensor[..., K]): logits, float32 / float16 / bfloat16 / float64 (half types are
@@ -140,7 +173,17 @@ def sigmoid_focal_loss(
         raise TypeError(f"sigmoid_focal_loss: targets must be floating, bool or integer, got {targets.dtype}")
 
     reduce = reduction != "none"
-    loss = torch.ops.focalops.sigmoid_focal_loss(inputs, targets, float(alpha), float(gamma), ignore_index, reduce)
+    args = (inputs, targets, float(alpha), float(gamma), ignore_index, reduce)
+    if (
+        inputs.requires_grad
+        and inputs.device.type == "cpu"
+        and inputs.dtype in (torch.float32, torch.float64)
+        and torch.is_grad_enabled()
+        and not torch.compiler.is_compiling()
+    ):
+        loss = _LossAndGradient.apply(*args)[0]
+    else:
+        loss = torch.ops.focalops.sigmoid_focal_loss(*args)
     if reduction == "mean":
         loss = loss / inputs.numel() if inputs.numel() > 0 else loss / 0.0
     if normalizer is not None:

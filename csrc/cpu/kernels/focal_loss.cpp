@@ -12,9 +12,9 @@ using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kSumLanes = 16;  // the sum's lane count on every capability: same bits everywhere
 static_assert(kSumLanes % Vec::size() == 0, "kSumLanes must be a multiple of the vector width");
 
-enum class Mode { kLoss, kSum, kGrad };
-
-template <bool kHard, Mode kMode, int G>
+// kGrad: the value is the gradient (else the loss); kStore: values go to out (else their sum
+// is returned); kAlsoGrad: the gradient also goes to grad_out (with a loss value).
+template <bool kHard, bool kGrad, bool kStore, bool kAlsoGrad, int G>
 double tile(const FocalTile& a) {
   const float alpha = a.alpha, gamma = a.gamma;
   const float a_pos = alpha < 0.f ? 1.f : alpha;
@@ -27,25 +27,29 @@ double tile(const FocalTile& a) {
   for (; i + kSumLanes <= a.n; i += kSumLanes) {
     for (int k = 0; k < kAcc; ++k) {
       const int64_t j = i + k * Vec::size();
-      const Vec v = math::focal_value<kHard, kMode == Mode::kGrad, G>(Vec::loadu(a.x + j), Vec::loadu(a.t + j), Vec::loadu(a.m + j), alpha_v, a_pos_v,
-                                           a_neg_v, gamma_v);
-      if constexpr (kMode == Mode::kSum) {
-        acc[k] = acc[k] + v;
-      } else {
+      const math::LossGrad<Vec> r = math::focal_weighted<kHard, G>(Vec::loadu(a.x + j), Vec::loadu(a.t + j),
+                                                                   Vec::loadu(a.m + j), alpha_v, a_pos_v, a_neg_v, gamma_v);
+      const Vec v = kGrad ? r.grad : r.loss;
+      if constexpr (kStore) {
         v.store(a.out + j);
+      } else {
+        acc[k] = acc[k] + v;
       }
+      if constexpr (kAlsoGrad) r.grad.store(a.grad_out + j);
     }
   }
   double sum = 0.0;
   for (; i < a.n; ++i) {
-    const float v = math::focal_value<kHard, kMode == Mode::kGrad, G>(a.x[i], a.t[i], a.m[i], alpha, a_pos, a_neg, gamma);
-    if constexpr (kMode == Mode::kSum) {
-      sum += v;
-    } else {
+    const math::LossGrad<float> r = math::focal_weighted<kHard, G>(a.x[i], a.t[i], a.m[i], alpha, a_pos, a_neg, gamma);
+    const float v = kGrad ? r.grad : r.loss;
+    if constexpr (kStore) {
       a.out[i] = v;
+    } else {
+      sum += v;
     }
+    if constexpr (kAlsoGrad) a.grad_out[i] = r.grad;
   }
-  if constexpr (kMode == Mode::kSum) {
+  if constexpr (!kStore) {
     float lanes[kSumLanes];
     for (int k = 0; k < kAcc; ++k) acc[k].store(lanes + k * Vec::size());
     for (const float v : lanes) sum += v;
@@ -53,15 +57,19 @@ double tile(const FocalTile& a) {
   return sum;
 }
 
-template <bool kHard, Mode kMode>
+template <bool kHard, bool kGrad, bool kStore, bool kAlsoGrad>
 double tile_gamma(const FocalTile& a) {
-  return math::with_gamma_kind(a.gamma_kind, [&](auto g) { return tile<kHard, kMode, decltype(g)::value>(a); });
+  return math::with_gamma_kind(a.gamma_kind,
+                               [&](auto g) { return tile<kHard, kGrad, kStore, kAlsoGrad, decltype(g)::value>(a); });
 }
 
 template <bool kHard>
 double tile_mode(const FocalTile& a) {
-  if (a.grad) return tile_gamma<kHard, Mode::kGrad>(a);
-  return a.out != nullptr ? tile_gamma<kHard, Mode::kLoss>(a) : tile_gamma<kHard, Mode::kSum>(a);
+  if (a.grad) return tile_gamma<kHard, true, true, false>(a);
+  if (a.grad_out != nullptr) {
+    return a.out != nullptr ? tile_gamma<kHard, false, true, true>(a) : tile_gamma<kHard, false, false, true>(a);
+  }
+  return a.out != nullptr ? tile_gamma<kHard, false, true, false>(a) : tile_gamma<kHard, false, false, false>(a);
 }
 
 double focal_tile(const FocalTile& a) {
