@@ -267,6 +267,21 @@ def test_anchor_generator_cache_and_dtype(device):
     assert a3.dtype == torch.float64 and l1 == l3 and torch.equal(a3.float(), a1)
 
 
+def test_anchor_generator_cache_is_bounded_lru():
+    gen = focalops.AnchorGenerator(cache_size=2)
+    sizes = [[(h, h), (2, 2), (1, 1), (1, 1), (1, 1)] for h in (4, 5, 6)]
+    first, _ = gen(sizes[0])
+    gen(sizes[1])
+    assert gen(sizes[0])[0] is first  # a hit makes it the most recently used
+    gen(sizes[2])  # evicts sizes[1], the least recently used
+    assert len(gen._cache) == 2 and gen(sizes[0])[0] is first
+    rebuilt, _ = gen(sizes[1])
+    assert torch.equal(rebuilt, focalops.AnchorGenerator()(sizes[1])[0]) and len(gen._cache) == 2
+    for bad in (0, 2.0, True):
+        with pytest.raises(ValueError, match="cache_size must be an int >= 1"):
+            focalops.AnchorGenerator(cache_size=bad)
+
+
 def test_anchor_generator_large_strides_do_not_wrap():
     """x * stride beyond 2^31 (int32 shifts wrapped to x1 = -1,048,592 here)."""
     gen = focalops.AnchorGenerator(sizes=(32,), strides=(2**20,), ratios=(1.0,), scales=(1.0,))

@@ -1,8 +1,9 @@
 """RetinaNet anchors for the pyramid levels P3-P7 (torchvision's AnchorGenerator convention)."""
 
 import math
+from collections import OrderedDict
 from numbers import Real
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -27,10 +28,15 @@ class AnchorGenerator:
 
     Anchors are ordered level, then y, then x, then cell anchor: ``[A, 4]`` with
     ``A = sum_l H_l * W_l * len(ratios) * len(scales)``, as ``(x1, y1, x2, y2)``.
-    Eager results are cached per (feature sizes, strides, device, dtype); the cached tensor is
-    returned as is, so treat it as read-only. Under tracing (``torch.export``,
-    ``torch.compile``) the anchors are built with tensor ops from the (possibly symbolic)
-    feature sizes instead, uncached.
+    Eager results are cached per (feature sizes, strides, device, dtype), the ``cache_size``
+    most recently used (multi-scale training or varied eval sizes cannot grow it without
+    bound); the cached tensor is returned as is, so treat it as read-only. Under tracing
+    (``torch.export``, ``torch.compile``) the anchors are built with tensor ops from the
+    (possibly symbolic) feature sizes instead, uncached.
+
+    On CUDA the anchors are built on the device (``arange`` grids plus the few cell anchors,
+    computed on the host and sent with one non-blocking copy from pinned memory): a new size
+    never synchronises with the host, and a cached size launches no work at all.
 
     Args:
         sizes (sequence of float): base anchor size of each level. Default (32, 64, 128, 256, 512).
@@ -38,10 +44,12 @@ class AnchorGenerator:
             as 8.0 is accepted). Default (8, 16, 32, 64, 128).
         ratios (sequence of float): aspect ratios (height / width). Default (0.5, 1.0, 2.0).
         scales (sequence of float): size multipliers. Default (2**0, 2**(1/3), 2**(2/3)).
+        cache_size (int): feature-map sizes (per device and dtype) kept in the cache. Default 8.
 
     Raises:
         ValueError: ``sizes`` and ``strides`` differ in length, a size, stride, ratio or scale
-            is not a positive finite number, or a stride is not a whole number.
+            is not a positive finite number, a stride is not a whole number, or ``cache_size``
+            is not an int >= 1.
     """
 
     def __init__(
@@ -50,6 +58,7 @@ class AnchorGenerator:
         strides: Sequence[int] = (8, 16, 32, 64, 128),
         ratios: Sequence[float] = (0.5, 1.0, 2.0),
         scales: Sequence[float] = _RETINANET_SCALES,
+        cache_size: int = 8,
     ):
         if len(sizes) != len(strides):
             raise ValueError(
@@ -63,11 +72,14 @@ class AnchorGenerator:
                 )
         if not all(float(s).is_integer() for s in strides):  # int() would truncate 0.5 to 0
             raise ValueError(f"AnchorGenerator: strides must be whole numbers of pixels, got {tuple(strides)}")
+        if not isinstance(cache_size, int) or isinstance(cache_size, bool) or cache_size < 1:
+            raise ValueError(f"AnchorGenerator: cache_size must be an int >= 1, got {cache_size!r}")
         self.sizes = tuple(sizes)
         self.strides = tuple(int(s) for s in strides)
         self.ratios = tuple(float(r) for r in ratios)
         self.scales = tuple(float(s) for s in scales)
-        self._cache: Dict[Tuple, Tuple[Tensor, List[int]]] = {}
+        self.cache_size = cache_size
+        self._cache: OrderedDict[Tuple, Tuple[Tensor, List[int]]] = OrderedDict()
 
     @property
     def num_anchors_per_location(self) -> int:
@@ -75,8 +87,12 @@ class AnchorGenerator:
 
     def cell_anchors(self, level: int, device=None, dtype: torch.dtype = torch.float32) -> Tensor:
         """The ``[len(ratios) * len(scales), 4]`` anchors of one location of ``level`` at the origin."""
-        sizes = torch.tensor([int(self.sizes[level] * s) for s in self.scales], dtype=dtype, device=device)
-        ratios = torch.tensor(self.ratios, dtype=dtype, device=device)
+        return _to_device(self._cell_anchors_host(level, dtype), device)
+
+    def _cell_anchors_host(self, level: int, dtype: torch.dtype) -> Tensor:
+        # On the host: a handful of values, which would otherwise each need a host-to-device copy.
+        sizes = torch.tensor([int(self.sizes[level] * s) for s in self.scales], dtype=dtype)
+        ratios = torch.tensor(self.ratios, dtype=dtype)
         h_ratios = torch.sqrt(ratios)
         w_ratios = 1 / h_ratios
         ws = (w_ratios[:, None] * sizes[None, :]).view(-1)
@@ -110,16 +126,23 @@ class AnchorGenerator:
             # Traced (torch.export, torch.compile): sizes may be symbolic (SymInt) and the
             # anchors are graph ops of them; the int-keyed cache is for eager calls only.
             sizes = tuple((h, w) for h, w in feature_sizes)
-            return self._build(sizes, self._level_strides(sizes, image_size), device, dtype)
+            return self._build(sizes, self._level_strides(sizes, image_size), device, dtype, traced=True)
         sizes = tuple((int(h), int(w)) for h, w in feature_sizes)
         if any(h < 0 or w < 0 for h, w in sizes):
             raise ValueError(f"AnchorGenerator: feature sizes must be >= 0, got {list(sizes)}")
         image_size = None if image_size is None else (int(image_size[0]), int(image_size[1]))
         strides = self._level_strides(sizes, image_size)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
         key = (sizes, strides, device, dtype)
-        if key not in self._cache:
-            self._cache[key] = self._build(sizes, strides, device, dtype)
-        anchors, level_sizes = self._cache[key]
+        entry = self._cache.get(key)
+        if entry is None:
+            entry = self._cache[key] = self._build(sizes, strides, device, dtype)
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)  # the least recently used
+        else:
+            self._cache.move_to_end(key)
+        anchors, level_sizes = entry
         return anchors, list(level_sizes)
 
     def _level_strides(self, sizes, image_size) -> Tuple:
@@ -136,10 +159,14 @@ class AnchorGenerator:
         multiple of the largest stride)."""
         return self([(math.ceil(height / s), math.ceil(width / s)) for s in self.strides], device, dtype)
 
-    def _build(self, sizes, strides, device, dtype):
+    def _build(self, sizes, strides, device, dtype, traced: bool = False):
+        # The cell anchors of every level in one copy (traced: graph constants); the location
+        # grids from arange on the device.
+        cells = torch.stack([self._cell_anchors_host(level, dtype) for level in range(len(sizes))])
+        cells = cells.to(device) if traced else _to_device(cells, device)
         levels, counts = [], []
         for level, ((h, w), (stride_y, stride_x)) in enumerate(zip(sizes, strides)):
-            base = self.cell_anchors(level, device, dtype)
+            base = cells[level]
             # float64: exact up to 2^53 (int32 wrapped at x * stride >= 2^31), never wraps.
             shifts_x = torch.arange(0, w, dtype=torch.float64, device=device) * stride_x
             shifts_y = torch.arange(0, h, dtype=torch.float64, device=device) * stride_y
@@ -149,3 +176,14 @@ class AnchorGenerator:
             levels.append((shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4))
             counts.append(levels[-1].shape[0])
         return torch.cat(levels), counts
+
+
+def _to_device(t: Tensor, device) -> Tensor:
+    """``t`` (a small host tensor) on ``device``; to CUDA by a non-blocking copy from pinned
+    memory, so the host never waits (a copy from pageable memory synchronises with the GPU)."""
+    device = torch.device(device if device is not None else "cpu")
+    if device.type == "cpu":
+        return t
+    if device.type == "cuda":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
