@@ -1,5 +1,8 @@
 """Anchor assignment (fused focalops.assign vs per-image box_iou + Matcher: the pure-PyTorch
-reference and, where installed, torchvision's own) and RetinaNet targets.
+reference and, where installed, torchvision's own), RetinaNet targets, and box coding
+(encode_boxes / decode_boxes vs the reference and torchvision's BoxCoder).
+
+Box coding byte model, n boxes with their anchors: read 2 x 16 B, write 16 B = 48 B per box.
 
 Peak memory is reported on CUDA (extra bytes over the inputs). The reference materialises
 the A x G IoU matrix per image (A * G * 4 bytes, plus temporaries); focalops needs
@@ -85,8 +88,50 @@ def _case(rows: List[Dict], B: int, A: int, G: int, device: str, quick: bool, wi
         rows.append(common.row("retinanet_targets", impl, "forward", device, "float32", size, t, peak_bytes=peak))
 
 
+def _torchvision_coder():
+    try:
+        from torchvision.models.detection._utils import BoxCoder
+    except Exception:  # torchvision absent
+        return None
+    return BoxCoder(weights=(1.0, 1.0, 1.0, 1.0))
+
+
+def _coding_case(rows: List[Dict], B: int, A: int, device: str, quick: bool) -> None:
+    anchors, gt, _, _ = _inputs(B, A, 1, device)
+    g = torch.Generator().manual_seed(1)
+    deltas = (torch.randn(B, A, 4, generator=g) * 0.5).to(device)
+    # Ground truth per anchor: each anchor jittered (what retinanet_targets encodes).
+    boxes = anchors + (torch.randn(B, A, 4, generator=g) * 4).to(device)
+    boxes = torch.cat([boxes[..., :2], torch.maximum(boxes[..., 2:], boxes[..., :2] + 1)], -1)
+    size, repeat = f"B={B} A={A}", 3 if quick else 10
+    flat_anchors = anchors.repeat(B, 1)
+    impls = {
+        "encode_boxes": {
+            "focalops": lambda: focalops.encode_boxes(boxes, anchors),
+            "reference": lambda: reference.encode_boxes(boxes, anchors),
+        },
+        "decode_boxes": {
+            "focalops": lambda: focalops.decode_boxes(deltas, anchors),
+            "reference": lambda: reference.decode_boxes(deltas, anchors),
+        },
+    }
+    coder = _torchvision_coder()
+    if coder is not None:
+        impls["encode_boxes"]["torchvision"] = lambda: coder.encode_single(boxes.view(-1, 4), flat_anchors)
+        impls["decode_boxes"]["torchvision"] = lambda: coder.decode_single(deltas.view(-1, 4), flat_anchors)
+    for op, fns in impls.items():
+        want = fns["reference"]().view(-1, 4)
+        for impl, fn in fns.items():
+            torch.testing.assert_close(fn().view(-1, 4), want, rtol=1e-5, atol=1e-4)
+            t = common.measure(fn, device, warmup=2, repeat=repeat)
+            rows.append(
+                common.row(op, impl, "forward", device, "float32", size, t, elements=B * A, bytes_model=48 * B * A)
+            )
+
+
 def run(device: str, quick: bool) -> List[Dict]:
     rows: List[Dict] = []
+    _coding_case(rows, 2 if quick else 8, 120000, device, quick)
     if device == "cpu":
         if quick:
             _case(rows, 2, 30000, 50, device, quick)

@@ -1,7 +1,8 @@
 // Box IoU and box coding (encode, decode and its backward), CPU.
 //
-// box_iou stages boxes2 as columns once, then each row of boxes1 runs one loop over them
-// (float32: the vectorised kernel of cpu/kernels/boxes.cpp). The coders are one parallel pass over the rows; anchor row = row % M.
+// box_iou stages boxes2 as columns once, then each row of boxes1 runs one loop over them. The
+// coders are one parallel pass over the rows; anchor row = row % M. float32 runs the vectorised
+// kernels of cpu/kernels/boxes.cpp, the other dtypes the same math on scalars.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -64,7 +65,7 @@ at::Tensor box_iou_cpu(const at::Tensor& boxes1, const at::Tensor& boxes2) {
   return out;
 }
 
-enum class Coder { kEncode, kDecode, kDecodeBackward };
+using Coder = cpu::BoxCoding;
 
 // out row i = f(x row i, anchors row i % M[, grad row i]).
 template <Coder kOp, typename scalar_t>
@@ -72,6 +73,11 @@ void coder_kernel(const scalar_t* x, const scalar_t* anchors, const scalar_t* gr
                   math::BoxWeights w, double clamp, scalar_t* out) {
   using A = opmath_t<scalar_t>;
   at::parallel_for(0, rows, 4096, [&](int64_t begin, int64_t end) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      const cpu::BoxRows args{kOp, x, anchors, grad, M, w.wx, w.wy, w.ww, w.wh, static_cast<float>(clamp), out};
+      cpu::code_rows_stub.get()(args, begin, end);
+      return;
+    }
     int64_t m = begin % M;
     for (int64_t i = begin; i < end; ++i) {
       A xv[4], av[4], r[4];

@@ -10,6 +10,7 @@ namespace cpu {
 
 Stub<FocalTileFn> focal_tile_stub;
 Stub<IouRowFn> iou_row_stub;
+Stub<CodeRowsFn> code_rows_stub;
 Stub<MaxIouFn> max_iou_stub;
 Stub<MatchBoxFn> match_box_stub;
 Stub<SuppressFn> suppress_stub;

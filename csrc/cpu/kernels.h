@@ -73,6 +73,23 @@ extern Stub<FocalTileFn> focal_tile_stub;
 using IouRowFn = void (*)(const float* box, Columns boxes, int64_t n, float* out);
 extern Stub<IouRowFn> iou_row_stub;
 
+// Box coding (torchvision's BoxCoder) of rows [begin, end) of n x 4 floats: out row i = f(x row
+// i, anchors row i % M[, grad row i]), f = encode (x: ground truth), decode (x: deltas, dw and
+// dh clamped at clamp) or the gradient of decode with respect to the deltas.
+enum class BoxCoding : int { kEncode = 0, kDecode = 1, kDecodeBackward = 2 };
+struct BoxRows {
+  BoxCoding op;
+  const float* x;
+  const float* anchors;
+  const float* grad;
+  int64_t M;
+  float wx, wy, ww, wh;
+  float clamp;
+  float* out;
+};
+using CodeRowsFn = void (*)(const BoxRows& a, int64_t begin, int64_t end);
+extern Stub<CodeRowsFn> code_rows_stub;
+
 // Assignment pass 1: max over boxes [begin, end) of IoU(box, boxes[i]); 0 for an empty range.
 using MaxIouFn = float (*)(Columns boxes, int64_t begin, int64_t end, const float* box);
 extern Stub<MaxIouFn> max_iou_stub;

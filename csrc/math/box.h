@@ -1,5 +1,6 @@
 // Box math shared by the CPU and CUDA kernels: IoU and torchvision BoxCoder encode/decode.
-// Boxes are (x1, y1, x2, y2).
+// Boxes are (x1, y1, x2, y2). T is a float, a double or a vector of floats (the CPU coders'
+// vector lanes, whose exp_ / log_ are at::vec's, as torch.exp / torch.log on the CPU).
 #pragma once
 
 #include "math/common.h"
@@ -61,10 +62,12 @@ FO_HD void decode_box(const T* delta, const T* anchor, BoxWeights w, T clamp, T*
   const T dy = delta[1] / T(w.wy);
   T dw = delta[2] / T(w.ww);
   T dh = delta[3] / T(w.wh);
-  dw = dw > clamp ? clamp : dw;  // a NaN delta stays NaN (torch.clamp)
-  dh = dh > clamp ? clamp : dh;
+  using L = Lanes<T>;
+  dw = L::select(dw > clamp, clamp, dw);  // a NaN delta stays NaN (torch.clamp)
+  dh = L::select(dh > clamp, clamp, dh);
   // Products unfused, like the CPU and torchvision. The boxes are not bit-identical across
-  // devices: exp_ is CUDA's expf on the GPU and libm's on the host, which differ by up to 2 ulp.
+  // devices: exp_ is CUDA's expf on the GPU and libm's or at::vec's on the host, which differ
+  // by up to 2 ulp.
   // What the tests hold them to: decode_boxes matches the reference within float32 assert_close
   // tolerance on both devices; CUDA postprocess matches the CPU with equal labels and counts,
   // boxes within rtol 3e-7 / atol 1e-5 and scores within rtol 3e-7.
@@ -88,8 +91,9 @@ FO_HD void decode_box_backward(const T* grad, const T* delta, const T* anchor, B
   const T dh = delta[3] / T(w.wh);
   grad_delta[0] = (grad[0] + grad[2]) * aw / T(w.wx);
   grad_delta[1] = (grad[1] + grad[3]) * ah / T(w.wy);
-  grad_delta[2] = dw <= clamp ? (grad[2] - grad[0]) * (T(0.5) * exp_(dw) * aw) / T(w.ww) : T(0);
-  grad_delta[3] = dh <= clamp ? (grad[3] - grad[1]) * (T(0.5) * exp_(dh) * ah) / T(w.wh) : T(0);
+  using L = Lanes<T>;
+  grad_delta[2] = L::select(dw <= clamp, (grad[2] - grad[0]) * (T(0.5) * exp_(dw) * aw) / T(w.ww), T(0));
+  grad_delta[3] = L::select(dh <= clamp, (grad[3] - grad[1]) * (T(0.5) * exp_(dh) * ah) / T(w.wh), T(0));
 }
 
 }  // namespace math

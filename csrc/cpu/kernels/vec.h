@@ -38,6 +38,11 @@ struct Lanes<at::vec::Vectorized<float>> {
   static inline V to_float(const Int& i) { return at::vec::convert_to_fp_of_same_size<float>(i); }
 };
 
+// at::vec's exponential and logarithm (the functions torch.exp / torch.log run on the CPU): box
+// coding, whose arguments span the whole float range (the focal loss has its own on [0, 1]).
+inline at::vec::Vectorized<float> exp_(const at::vec::Vectorized<float>& x) { return x.exp(); }
+inline at::vec::Vectorized<float> log_(const at::vec::Vectorized<float>& x) { return x.log(); }
+
 }  // namespace math
 }  // namespace focalops
 
