@@ -1,4 +1,4 @@
-"""``focalops train | eval | predict | bench``: the thin RetinaNet from the command line.
+"""``focalops train | eval | predict | export | bench``: the thin RetinaNet from the command line.
 
 Multi-GPU / multi-node training: ``torchrun --nproc_per_node N -m focalops train ...``
 (DistributedDataParallel, a DistributedSampler, logging and checkpoints on rank 0; NCCL on
