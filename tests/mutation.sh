@@ -61,6 +61,10 @@ mutation csrc/cpu/kernels/boxes.cpp \
   "  for (; j < n; ++j) out[j] = math::iou(box[0], box[1], box[2], box[3], c.x1[j], c.y1[j], c.x2[j], c.y2[j]);" \
   "  for (; j + 1 < n; ++j) out[j] = math::iou(box[0], box[1], box[2], box[3], c.x1[j], c.y1[j], c.x2[j], c.y2[j]);" \
   tests/test_boxes.py "box_iou kernel: off-by-one in the row's scalar tail"
+mutation csrc/cpu/kernels/boxes.cpp \
+  "    const int count = static_cast<int>(std::min<int64_t>(W, end - i));" \
+  "    const int count = static_cast<int>(std::min<int64_t>(W, end - i - 1));" \
+  tests/test_boxes.py "box coding kernel: the last row of a block range left unwritten"
 mutation csrc/math/box.h \
   "  return L::select(uni > V(0.f), inter / uni, V(0.f));" \
   "  return L::select(uni >= V(0.f), inter / uni, V(0.f));" \

@@ -300,6 +300,27 @@ def test_cpu_training_path_equals_the_op_path(reduction, dtype):
     assert torch.equal(g1, want) and torch.equal(g2, want)
 
 
+def test_cpu_gradient_block_is_reused_by_the_next_step():
+    # A gradient of >= 4 MB freed at the end of a step is the next step's block (no fresh pages to
+    # fault in); one that is still alive is never handed out again.
+    x = _inputs((4096, 300), "cpu", dtype=torch.float32).requires_grad_()
+    t = _labels((4096,), 300, "cpu")
+
+    def step():
+        return torch.autograd.grad(focalops.sigmoid_focal_loss(x, t, reduction="sum"), x)[0]
+
+    first = step()
+    want, ptr = first.clone(), first.data_ptr()
+    del first
+    again = step()
+    assert again.data_ptr() == ptr and torch.equal(again, want)
+    other = step()
+    assert other.data_ptr() != again.data_ptr() and torch.equal(other, want)
+    del again, other
+    small = torch.autograd.grad(focalops.sigmoid_focal_loss(x[:10], t[:10], reduction="sum"), x)[0]
+    assert torch.equal(small[:10], want[:10]) and not small[10:].any()
+
+
 def test_torch_compile_fullgraph(device):
     def step(x, labels, n):
         return focalops.sigmoid_focal_loss(x, labels, reduction="sum", normalizer=n)

@@ -20,6 +20,7 @@
 
 #include "checks/focal_loss.h"
 #include "cpu/kernels.h"
+#include "cpu/reusable_buffer.h"
 #include "math/focal_loss.h"
 
 namespace focalops {
@@ -210,7 +211,7 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_focal_loss_with_grad_cpu(const at::Te
   const at::Tensor x = inputs.contiguous();
   const at::Tensor t = targets.contiguous();
   at::Tensor out = reduce ? at::empty({}, x.options().dtype(focal_sum_dtype(x))) : at::empty_like(x, at::MemoryFormat::Contiguous);
-  at::Tensor grad = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor grad = cpu::reusable_empty(x.sizes(), x.options());  // the same size every step
   dispatch(reduce ? Mode::kSum : Mode::kLoss, x, t, at::Tensor(), alpha, gamma, ignore_index, out, &grad);
   return {out, grad};
 }
@@ -222,7 +223,7 @@ at::Tensor sigmoid_focal_loss_backward_cpu(const at::Tensor& grad, const at::Ten
   const at::Tensor x = inputs.contiguous();
   const at::Tensor t = targets.contiguous();
   const at::Tensor g = reduce ? grad : grad.to(x.scalar_type()).contiguous();
-  at::Tensor out = at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor out = cpu::reusable_empty(x.sizes(), x.options());
   dispatch(Mode::kGrad, x, t, g, alpha, gamma, ignore_index, out);
   return out;
 }
