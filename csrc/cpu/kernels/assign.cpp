@@ -10,12 +10,13 @@ namespace {
 using Vec = at::vec::Vectorized<float>;
 using L = math::Lanes<Vec>;
 
-Vec anchor_iou(Columns c, int64_t i, const Vec* box) {
+// Forced inline: the avx512 build otherwise kept this as a call per vector (3.3x slower than avx2).
+FO_HD Vec anchor_iou(Columns c, int64_t i, const Vec* box) {
   return math::iou(Vec::loadu(c.x1 + i), Vec::loadu(c.y1 + i), Vec::loadu(c.x2 + i), Vec::loadu(c.y2 + i), box[0], box[1],
                    box[2], box[3]);
 }
 
-float anchor_iou(Columns c, int64_t i, const float* box) {
+FO_HD float anchor_iou(Columns c, int64_t i, const float* box) {
   return math::iou(c.x1[i], c.y1[i], c.x2[i], c.y2[i], box[0], box[1], box[2], box[3]);
 }
 
