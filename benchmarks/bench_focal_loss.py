@@ -73,6 +73,22 @@ def run(device: str, quick: bool):
         fresh = common.measure(lambda: torch.empty_like(x).fill_(1), device, warmup=3, repeat=repeat)
         touched = torch.empty_like(x)
         again = common.measure(lambda: touched.fill_(1), device, warmup=3, repeat=repeat)
+        # The machine's memory bandwidth at this size: a copy between two written buffers.
+        source = x.detach().clone()
+        copy = common.measure(lambda: touched.copy_(source), device, warmup=3, repeat=repeat)
+        rows.append(
+            common.row(
+                "memory bandwidth",
+                "copy_",
+                "read+write",
+                device,
+                str(dtype)[6:],
+                size,
+                copy,
+                elements=elems,
+                bytes_model=2 * n * k * s,
+            )
+        )
         for impl, t in (("empty_like+fill_", fresh), ("fill_ (written before)", again)):
             rows.append(
                 common.row(
