@@ -192,12 +192,17 @@ void dispatch(Mode mode, const at::Tensor& x, const at::Tensor& t, const at::Ten
                                   [&] { focal_cpu<scalar_t>(mode, x, t, g, alpha, gamma, ignore_index, out, grad_out); });
 }
 
+// The forward's output: the 0-d sum (reduce) or the elementwise loss.
+at::Tensor empty_loss(const at::Tensor& x, bool reduce) {
+  return reduce ? at::empty({}, x.options().dtype(focal_sum_dtype(x))) : at::empty_like(x, at::MemoryFormat::Contiguous);
+}
+
 at::Tensor sigmoid_focal_loss_cpu(const at::Tensor& inputs, const at::Tensor& targets, double alpha, double gamma,
                                   int64_t ignore_index, bool reduce) {
   check_focal_args(inputs, targets, alpha, gamma, ignore_index);
   const at::Tensor x = inputs.contiguous();
   const at::Tensor t = targets.contiguous();
-  at::Tensor out = reduce ? at::empty({}, x.options().dtype(focal_sum_dtype(x))) : at::empty_like(x, at::MemoryFormat::Contiguous);
+  at::Tensor out = empty_loss(x, reduce);
   dispatch(reduce ? Mode::kSum : Mode::kLoss, x, t, at::Tensor(), alpha, gamma, ignore_index, out);
   return out;
 }
@@ -210,8 +215,8 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_focal_loss_with_grad_cpu(const at::Te
   check_focal_args(inputs, targets, alpha, gamma, ignore_index);
   const at::Tensor x = inputs.contiguous();
   const at::Tensor t = targets.contiguous();
-  at::Tensor out = reduce ? at::empty({}, x.options().dtype(focal_sum_dtype(x))) : at::empty_like(x, at::MemoryFormat::Contiguous);
-  at::Tensor grad = cpu::reusable_empty(x.sizes(), x.options());  // the same size every step
+  at::Tensor out = empty_loss(x, reduce);
+  at::Tensor grad = cpu::reusable_empty_like(x);  // the same size every step
   dispatch(reduce ? Mode::kSum : Mode::kLoss, x, t, at::Tensor(), alpha, gamma, ignore_index, out, &grad);
   return {out, grad};
 }
@@ -223,7 +228,7 @@ at::Tensor sigmoid_focal_loss_backward_cpu(const at::Tensor& grad, const at::Ten
   const at::Tensor x = inputs.contiguous();
   const at::Tensor t = targets.contiguous();
   const at::Tensor g = reduce ? grad : grad.to(x.scalar_type()).contiguous();
-  at::Tensor out = cpu::reusable_empty(x.sizes(), x.options());
+  at::Tensor out = cpu::reusable_empty_like(x);
   dispatch(Mode::kGrad, x, t, g, alpha, gamma, ignore_index, out);
   return out;
 }

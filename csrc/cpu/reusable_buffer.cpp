@@ -2,7 +2,6 @@
 #include "cpu/reusable_buffer.h"
 
 #include <c10/core/CPUAllocator.h>
-#include <c10/util/safe_numerics.h>
 
 #include <mutex>
 
@@ -46,21 +45,13 @@ void give_back(void* data, size_t bytes) {
 
 }  // namespace
 
-at::Tensor reusable_empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  uint64_t numel = 1;
-  for (const int64_t s : sizes) {
-    TORCH_CHECK(s >= 0, "reusable_empty: negative size ", s);
-    TORCH_CHECK(!c10::mul_overflows(numel, static_cast<uint64_t>(s), &numel), "reusable_empty: size overflows");
-  }
-  uint64_t bytes = 0;
-  TORCH_CHECK(!c10::mul_overflows(numel, static_cast<uint64_t>(options.dtype().itemsize()), &bytes),
-              "reusable_empty: size overflows");
-  if (bytes < kMinBytes) return at::empty(sizes, options.device(at::kCPU));
+at::Tensor reusable_empty_like(const at::Tensor& x) {
+  const size_t bytes = x.nbytes();
+  if (bytes < kMinBytes) return at::empty_like(x, at::MemoryFormat::Contiguous);
   void* data = take(bytes);
   if (data == nullptr) data = c10::GetCPUAllocator()->raw_allocate(bytes);
-  const size_t n = bytes;
   return at::from_blob(
-      data, sizes, [n](void* p) { give_back(p, n); }, options.device(at::kCPU));
+      data, x.sizes(), [bytes](void* p) { give_back(p, bytes); }, x.options());
 }
 
 }  // namespace cpu

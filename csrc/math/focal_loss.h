@@ -118,12 +118,5 @@ FO_HD LossGrad<T> focal_weighted(T x, T t, T m, T alpha, T a_pos, T a_neg, T gam
   return {mul_zero_wins(m, r.loss), mul_zero_wins(m, r.grad)};
 }
 
-// One of the two (the other is dead code the compiler drops).
-template <bool kHard, bool kGrad, int G, typename T>
-FO_HD T focal_value(T x, T t, T m, T alpha, T a_pos, T a_neg, T gamma) {
-  const LossGrad<T> r = focal_weighted<kHard, G>(x, t, m, alpha, a_pos, a_neg, gamma);
-  return kGrad ? r.grad : r.loss;
-}
-
 }  // namespace math
 }  // namespace focalops
