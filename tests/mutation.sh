@@ -69,6 +69,14 @@ mutation csrc/math/box.h \
   "  return L::select(uni > V(0.f), inter / uni, V(0.f));" \
   "  return L::select(uni >= V(0.f), inter / uni, V(0.f));" \
   "tests/test_boxes.py tests/test_nms.py" "IoU: an empty union gives 0 / 0 = NaN, not 0"
+mutation csrc/math/box.h \
+  "  const V w = fmax0(L::min_lt(ax2, bx2) - L::max_gt(ax1, bx1));" \
+  "  const V w = fmax0(L::max_gt(ax2, bx2) - L::max_gt(ax1, bx1));" \
+  tests/test_boxes.py "IoU: the intersection's right edge taken as the larger x2"
+mutation csrc/math/common.h \
+  "  const V n1 = L::to_float(L::trunc_to_int(n * V(0.5f)));" \
+  "  const V n1 = L::to_float(L::trunc_to_int(n * V(0.f)));" \
+  tests/test_elementary.py "exp_poly (x86 default box coder): 2^n in one step, wrong at both ends of the range"
 
 if [[ "${1:-}" == "--list" ]]; then
   for i in "${!WHAT[@]}"; do printf '%2d  %-32s %s\n' $((i + 1)) "${FILES[$i]}" "${WHAT[$i]}"; done

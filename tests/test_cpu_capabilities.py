@@ -130,8 +130,8 @@ def _outputs(cap, tmp_path):
 
 @pytest.mark.skipif(len(RUNNABLE) < 2, reason="this host runs one capability only")
 def test_capabilities_agree(tmp_path):
-    """The FMA builds (avx2, avx512) agree bit for bit; default (no FMA; libm's exp / log in the box
-    coder, at::vec's elsewhere) to float32 rounding."""
+    """The FMA builds (avx2, avx512) agree bit for bit; default (no FMA; on x86 math's exp / log
+    polynomials in the box coder, at::vec's elsewhere) to float32 rounding."""
     outs = {cap: _outputs(cap, tmp_path) for cap in RUNNABLE}
     ref = outs[RUNNABLE[-1]]
     for cap, out in outs.items():
@@ -172,11 +172,6 @@ _VECTOR_INSN = {
     else re.compile(r"\tf(mul|add|sub|div|fma)\s+v\d+\.4s"),
 }
 _HOT = ["focal_tile", "iou_row", "code_rows", "max_iou", "match_box", "suppress", "first_above"]
-# Scalar in the x86 default build (x86 CPUs without AVX2, from before 2013; ARM's default build
-# has NEON Vectorized): ATen's generic Vectorized compares lane by lane, so the compare-only score
-# scan is scalar, and runs exp / log lane by lane through libm, around which GCC leaves the
-# box coder's arithmetic scalar too (measured: 64 mulss, no mulps).
-_SCALAR_IN_X86_DEFAULT = {"first_above", "code_rows"}
 
 
 def _disassembly():
@@ -216,8 +211,6 @@ def test_every_build_is_vector_code():
     counts = {}
     for cap in ORDER if X86 else ["default"]:
         for fn in _HOT:
-            if cap == "default" and X86 and fn in _SCALAR_IN_X86_DEFAULT:
-                continue
             prefix = f"focalops::cpu::{cap.upper()}::(anonymous namespace)::{fn}("
             names = [name for name in funcs if name.startswith(prefix)]
             assert names, f"no {fn} in the {cap} build"

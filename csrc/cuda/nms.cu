@@ -174,8 +174,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> postprocess_cuda(
   const int64_t cb = cuda::nms_col_blocks(M);
   const int64_t W = cuda::nms_tile_blocks(M, B, tile_budget());
   const at::Tensor mask = mask_tile("postprocess", B * cuda::nms_tile_rows(M, W) * W, B * M, long_opts);
-  // More than one tile: the removed-words, kept flags and stop flags live in global memory.
-  const bool tiled = W < cb;
+  // More than one tile, or more removed-words than shared memory holds: the removed-words, kept
+  // flags and stop flags live in global memory.
+  const bool tiled = W < cb || cb * static_cast<int64_t>(sizeof(uint64_t)) > cuda::kNmsSharedRemovedBytes;
   const at::Tensor removed = tiled ? at::zeros({B, cb}, long_opts) : at::Tensor();
   const at::Tensor keep = tiled ? at::zeros({B, M}, opts.dtype(at::kByte)) : at::Tensor();
   const at::Tensor done = tiled ? at::zeros({B}, opts.dtype(at::kInt)) : at::Tensor();

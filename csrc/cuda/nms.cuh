@@ -34,6 +34,9 @@ constexpr int kNmsReduceThreads = 256;
 // Mask tile budget, all segments (images) together (the launchers take it as an argument:
 // FOCALOPS_NMS_TILE_BYTES overrides it, so that tests reach the tiled path with small inputs).
 constexpr int64_t kNmsTileBytes = int64_t{256} << 20;
+// Post-processing keeps an untiled image's removed-words in shared memory: up to 48 KiB (the
+// launch limit without opting in), 393,216 candidates; beyond it they go to global memory.
+constexpr int64_t kNmsSharedRemovedBytes = 48 << 10;
 
 // How the mask kernels treat classes.
 enum NmsClassMode : int {
@@ -55,7 +58,8 @@ inline int64_t nms_tile_blocks(int64_t n, int64_t segments, int64_t tile_bytes) 
   if (static_cast<double>(n) * static_cast<double>(cb) <= budget_words) return cb;
   int64_t w = static_cast<int64_t>(std::sqrt(budget_words / kNmsBlock));
   while (w > 1 && static_cast<double>(kNmsBlock) * w * w > budget_words) --w;
-  return w < 1 ? 1 : (w > cb ? cb : w);
+  // W is gridDim.y of the mask and suppress kernels (at most 65535; only a budget of ~2 TB gets there).
+  return w < 1 ? 1 : imin(imin(w, cb), int64_t{65535});
 }
 
 // Mask rows stored per segment for tiles of W column blocks (a tile's rows start at 64 * c0).

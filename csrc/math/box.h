@@ -1,6 +1,7 @@
 // Box math shared by the CPU and CUDA kernels: IoU and torchvision BoxCoder encode/decode.
 // Boxes are (x1, y1, x2, y2). T is a float, a double or a vector of floats (the CPU coders'
-// vector lanes, whose exp_ / log_ are at::vec's, as torch.exp / torch.log on the CPU).
+// vector lanes, whose exp_ / log_ are at::vec's, as torch.exp / torch.log on the CPU, but in the
+// x86 default build: see cpu/kernels/vec.h).
 #pragma once
 
 #include "math/common.h"
@@ -17,8 +18,8 @@ FO_HD V iou(V ax1, V ay1, V ax2, V ay2, V bx1, V by1, V bx2, V by2) {
   using L = Lanes<V>;
   const V area_a = mul_rn(ax2 - ax1, ay2 - ay1);
   const V area_b = mul_rn(bx2 - bx1, by2 - by1);
-  const V w = fmax0(L::select(ax2 < bx2, ax2, bx2) - L::select(ax1 > bx1, ax1, bx1));
-  const V h = fmax0(L::select(ay2 < by2, ay2, by2) - L::select(ay1 > by1, ay1, by1));
+  const V w = fmax0(L::min_lt(ax2, bx2) - L::max_gt(ax1, bx1));
+  const V h = fmax0(L::min_lt(ay2, by2) - L::max_gt(ay1, by1));
   const V inter = mul_rn(w, h);
   const V uni = area_a + area_b - inter;
   return L::select(uni > V(0.f), inter / uni, V(0.f));
@@ -66,8 +67,8 @@ FO_HD void decode_box(const T* delta, const T* anchor, BoxWeights w, T clamp, T*
   dw = L::select(dw > clamp, clamp, dw);  // a NaN delta stays NaN (torch.clamp)
   dh = L::select(dh > clamp, clamp, dh);
   // Products unfused, like the CPU and torchvision. The boxes are not bit-identical across
-  // devices: exp_ is CUDA's expf on the GPU and libm's or at::vec's on the host, which differ
-  // by up to 2 ulp.
+  // devices: exp_ is CUDA's expf on the GPU and libm's, at::vec's or math::exp_poly on the host,
+  // which differ by up to 2 ulp.
   // What the tests hold them to: decode_boxes matches the reference within float32 assert_close
   // tolerance on both devices; CUDA postprocess matches the CPU with equal labels and counts,
   // boxes within rtol 3e-7 / atol 1e-5 and scores within rtol 3e-7.

@@ -1,14 +1,16 @@
 // Elementary functions shared by the CPU and CUDA kernels.
 //
 // The float math is written once, as templates over a lane type V: one float (CPU scalar code
-// and CUDA), or at::vec::Vectorized<float> (the per-ISA CPU kernels in csrc/cpu/kernels/, which
-// add Lanes<Vectorized<float>>). Both instantiations run the same IEEE operations in the same
-// order (builds use -ffp-contract=off; Lanes::fmadd fuses where the ISA has FMA), so vector
-// bodies and scalar tails agree bit for bit, and so do the avx2 and avx512 builds. On the host the float versions are branch-free polynomials; the device uses
-// CUDA's libdevice functions; double always uses libm (the gradcheck / reference path). So CPU and
-// CUDA agree bit for bit only where the math is IEEE +, -, *, / alone (IoU, hence assignment and
-// NMS decisions on the same boxes); through exp / log (focal loss, box decoding, scores) they agree
-// within a few ulp, which is what the CPU-vs-CUDA tests check (assert_close, not equal).
+// and CUDA), or a vector of floats (the per-ISA CPU kernels in csrc/cpu/kernels/: at::vec's
+// Vectorized<float>, or SSE2 lanes in the x86 default build; vec.h adds their Lanes). Both
+// instantiations run the same IEEE operations in the same order (builds use -ffp-contract=off;
+// Lanes::fmadd fuses where the ISA has FMA), so vector bodies and scalar tails agree bit for bit,
+// and so do the avx2 and avx512 builds. On the host the float versions are branch-free
+// polynomials; the device uses CUDA's libdevice functions; double always uses libm (the
+// gradcheck / reference path). So CPU and CUDA agree bit for bit only where the math is IEEE +,
+// -, *, / alone (IoU, hence assignment and NMS decisions on the same boxes); through exp / log
+// (focal loss, box decoding, scores) they agree within a few ulp, which is what the CPU-vs-CUDA
+// tests check (assert_close, not equal).
 #pragma once
 
 #include <cmath>
@@ -48,7 +50,8 @@ FO_HD int32_t float_to_int_bits(float f) {
 }
 
 // What the generic math needs beyond arithmetic and comparisons. Mask is what a comparison of
-// two V gives; Int holds the bits of V.
+// two V gives; Int holds the bits of V. min_lt(a, b) is a < b ? a : b and max_gt(a, b) is
+// a > b ? a : b, exactly (a NaN or equal operands give b): x86's minps / maxps.
 template <typename V>
 struct Lanes;
 
@@ -59,6 +62,8 @@ template <>
 struct Lanes<float> {
   using Int = int32_t;
   static FO_HD float select(bool m, float a, float b) { return m ? a : b; }
+  static FO_HD float min_lt(float a, float b) { return a < b ? a : b; }
+  static FO_HD float max_gt(float a, float b) { return a > b ? a : b; }
   static FO_HD float fmadd(float a, float b, float c) {
 #if defined(__CUDA_ARCH__)
     return __fmaf_rn(a, b, c);
@@ -78,6 +83,8 @@ struct Lanes<float> {
 template <>
 struct Lanes<double> {
   static FO_HD double select(bool m, double a, double b) { return m ? a : b; }
+  static FO_HD double min_lt(double a, double b) { return a < b ? a : b; }
+  static FO_HD double max_gt(double a, double b) { return a > b ? a : b; }
   static FO_HD double fmadd(double a, double b, double c) { return a * b + c; }
 };
 
@@ -111,7 +118,7 @@ FO_HD V mul_rn(V a, V b) {
 // max(x, 0); NaN gives 0.
 template <typename V>
 FO_HD V fmax0(V x) {
-  return Lanes<V>::select(x > V(0), x, V(0));
+  return Lanes<V>::max_gt(x, V(0));
 }
 
 // a * b, except that a == 0 gives 0 even where b is infinite: the limit of a product whose
@@ -220,6 +227,65 @@ FO_HD V log_unit_poly(V x) {
   e = L::select(big, e + V(1.f), e);
   const V y = e * V(0.693147180559945f) + log_ratio_series((m - V(1.f)) / (m + V(1.f)));
   return L::select(x < V(1.17549435e-38f), V(-INFINITY), y);
+}
+
+// exp(x) for any float, by exp_nonpos_poly's range reduction and polynomial: 2^n is applied as
+// two normal powers of two, so results down in the subnormal range and up to FLT_MAX round once.
+// Overflow gives inf, underflow 0, NaN stays NaN. For lanes without a vector exp of their own
+// (the x86 default build's SSE2 lanes).
+template <typename V>
+FO_HD V exp_poly(V x) {
+  using L = Lanes<V>;
+  const V lo(-104.f), hi(88.8f);  // exp(-104) < FLT_TRUE_MIN / 2, exp(88.8) > FLT_MAX
+  const V xc = L::select(x >= lo, L::select(x > hi, hi, x), lo);  // NaN -> lo: in range below
+  const V n = (xc * V(1.44269504088896341f) + V(12582912.f)) - V(12582912.f);
+  const V r = (xc - n * V(0.693359375f)) + n * V(2.12194440e-4f);
+  V p(1.9875691500e-4f);
+  p = L::fmadd(p, r, V(1.3981999507e-3f));
+  p = L::fmadd(p, r, V(8.3334519073e-3f));
+  p = L::fmadd(p, r, V(4.1665795894e-2f));
+  p = L::fmadd(p, r, V(1.6666665459e-1f));
+  p = L::fmadd(p, r, V(5.0000001201e-1f));
+  const V y = L::fmadd(p * r, r, r) + V(1.f);
+  // n in [-150, 128] as n1 + n2, each in [-75, 64]: 2^n1 and 2^n2 are normal floats.
+  const V n1 = L::to_float(L::trunc_to_int(n * V(0.5f)));
+  const V s1 = L::from_bits(L::trunc_to_int((n1 + V(127.f)) * V(8388608.f)));
+  const V s2 = L::from_bits(L::trunc_to_int((n - n1 + V(127.f)) * V(8388608.f)));
+  const V e = (y * s1) * s2;
+  return L::select(x < lo, V(0.f), L::select(x > hi, V(INFINITY), e + (x - x)));  // x - x: NaN for NaN
+}
+
+// log(x) for any float: log_unit_poly's reduction over every positive float (subnormals are
+// scaled by 2^23 first), then Cephes logf's polynomial in f = m - 1 (exact) and its split ln 2:
+// within 1 ulp near x = 1, where the atanh series' division costs a third rounding. 0 gives
+// -inf, inf gives inf, a negative or NaN x gives NaN.
+template <typename V>
+FO_HD V log_poly(V x) {
+  using L = Lanes<V>;
+  using I = typename L::Int;
+  const auto tiny = x < V(1.17549435e-38f);
+  const V xs = L::select(tiny, x * V(8388608.f), x);
+  const I bits = L::bits(xs);
+  V e = L::to_float(bits & I(0x7f800000)) * V(1.f / 8388608.f) - L::select(tiny, V(150.f), V(127.f));
+  V m = L::from_bits((bits & I(0x007fffff)) | I(0x3f800000));
+  const auto big = m > V(1.41421356f);
+  m = L::select(big, V(0.5f) * m, m);
+  e = L::select(big, e + V(1.f), e);
+  const V f = m - V(1.f);
+  const V z = f * f;
+  V p(7.0376836292e-2f);
+  p = L::fmadd(p, f, V(-1.1514610310e-1f));
+  p = L::fmadd(p, f, V(1.1676998740e-1f));
+  p = L::fmadd(p, f, V(-1.2420140846e-1f));
+  p = L::fmadd(p, f, V(1.4249322787e-1f));
+  p = L::fmadd(p, f, V(-1.6668057665e-1f));
+  p = L::fmadd(p, f, V(2.0000714765e-1f));
+  p = L::fmadd(p, f, V(-2.4999993993e-1f));
+  p = L::fmadd(p, f, V(3.3333331174e-1f));
+  const V t = p * f * z + e * V(-2.12194440e-4f) - V(0.5f) * z;
+  const V y = (f + t) + e * V(0.693359375f);
+  const V special = L::select(x == V(0.f), V(-INFINITY), L::select(x == V(INFINITY), x, V(NAN)));
+  return L::select(x > V(0.f), L::select(x < V(INFINITY), y, special), special);
 }
 
 FO_HD float log_unit(float x) {

@@ -103,7 +103,9 @@ def sigmoid_focal_loss(
             - dense: a floating (or bool) tensor of the shape of ``inputs`` with values in
               [0, 1] (soft targets allowed, torchvision's formula). Checked on CPU; on CUDA,
               where a check would cost a synchronisation, a value outside [0, 1] is not
-              detected and gives a meaningless (possibly negative) loss; or
+              detected and gives a meaningless (possibly negative) loss. They are converted to
+              the dtype of ``inputs``: soft targets of float16 / bfloat16 logits are rounded to
+              it (0.9 is 0.8984375 in bfloat16); or
             - class indices: an integer tensor of shape ``inputs.shape[:-1]``; ``c`` in
               ``[0, K)`` makes class ``c`` the positive and the other ``K - 1`` negatives, ``-1``
               is background (all ``K`` negative), ``ignore_index`` rows add nothing to the loss
@@ -112,7 +114,9 @@ def sigmoid_focal_loss(
             disables the weighting. Default 0.25.
         gamma (float): focusing exponent, ``>= 0`` (0 gives alpha-weighted BCE). Default 2.
         reduction (str): ``"none"`` (loss per element, shape and dtype of ``inputs``),
-            ``"sum"`` or ``"mean"`` (0-d, dtype of ``inputs``; accumulated in float32).
+            ``"sum"`` or ``"mean"`` (0-d, dtype of ``inputs``; accumulated in float32 and
+            divided by ``normalizer`` before the conversion, but a float16 sum above 65504
+            without one is inf, as torchvision's).
         normalizer (float or 0-d Tensor, optional): divides the (reduced) loss, e.g. the number
             of foreground anchors (RetinaNet: ``reduction="sum", normalizer=max(1, num_fg)``).
             Must be positive and finite. A number or a CPU tensor is checked (a CPU tensor in

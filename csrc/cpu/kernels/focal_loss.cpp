@@ -1,5 +1,5 @@
-// Sigmoid focal loss over one staged tile (cpu/kernels.h: FocalTile), on Vectorized<float>
-// lanes with the scalar math for the tail: both are math/focal_loss.h.
+// Sigmoid focal loss over one staged tile (cpu/kernels.h: FocalTile), on vector lanes (Vec)
+// with the scalar math for the tail: both are math/focal_loss.h.
 #include "cpu/kernels/vec.h"
 #include "math/focal_loss.h"
 
@@ -8,7 +8,6 @@ namespace cpu {
 namespace CPU_CAPABILITY {
 namespace {
 
-using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kSumLanes = 16;  // the sum's lane count on every capability: same bits everywhere
 static_assert(kSumLanes % Vec::size() == 0, "kSumLanes must be a multiple of the vector width");
 
