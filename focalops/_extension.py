@@ -22,6 +22,7 @@ def cpu_capability() -> str:
 
     Chosen once, when the library loads: the best build this CPU runs, as ATen chooses its own
     (``ATEN_CPU_CAPABILITY=default|avx2|avx512`` lowers it; a capability the CPU lacks is never
-    chosen). Off x86-64 only ``"default"`` is built (at::vec maps it to NEON/SVE on ARM).
+    chosen). On x86-64 ``"default"`` runs on SSE2 (the baseline every x86-64 CPU has); off x86-64
+    only ``"default"`` is built (at::vec maps it to NEON/SVE on ARM).
     """
     return _C.cpu_capability()
