@@ -129,6 +129,30 @@ FO_HD V mul_zero_wins(V a, V b) {
   return Lanes<V>::select(a == V(0.f), V(0.f), a * b);
 }
 
+// exp(xc) = y * 2^n for |xc| <= 104 (Cephes expf): n = round(xc / ln 2), y = exp(r) on the
+// remainder r = xc - n ln 2 (ln 2 split in two). The callers scale y by 2^n.
+template <typename V>
+FO_HD V exp_reduced(V xc, V& n) {
+  using L = Lanes<V>;
+  // Round to nearest by the 1.5 * 2^23 trick: branch-free.
+  n = (xc * V(1.44269504088896341f) + V(12582912.f)) - V(12582912.f);
+  const V r = (xc - n * V(0.693359375f)) + n * V(2.12194440e-4f);
+  V p(1.9875691500e-4f);
+  p = L::fmadd(p, r, V(1.3981999507e-3f));
+  p = L::fmadd(p, r, V(8.3334519073e-3f));
+  p = L::fmadd(p, r, V(4.1665795894e-2f));
+  p = L::fmadd(p, r, V(1.6666665459e-1f));
+  p = L::fmadd(p, r, V(5.0000001201e-1f));
+  return L::fmadd(p * r, r, r) + V(1.f);
+}
+
+// 2^n for an integer-valued n in [-126, 127], from its bits: (n + 127) * 2^23 is an exact integer.
+template <typename V>
+FO_HD V pow2i(V n) {
+  using L = Lanes<V>;
+  return L::from_bits(L::trunc_to_int((n + V(127.f)) * V(8388608.f)));
+}
+
 // exp(x) for x <= 0 (every exponential in the focal loss has a non-positive argument; rounding
 // can make one slightly positive, which counts as 0). Cephes expf: |rel err| < 2 ulp; exactly 0
 // below the normal range; NaN stays NaN.
@@ -138,19 +162,9 @@ FO_HD V exp_nonpos_poly(V x) {
   const V lo(-87.3f);
   // NaN -> lo and x > 0 -> 0: the int conversion below always gets a value in range.
   const V xc = L::select(x >= lo, L::select(x > V(0.f), V(0.f), x), lo);
-  // Round to nearest by the 1.5 * 2^23 trick: branch-free.
-  const V n = (xc * V(1.44269504088896341f) + V(12582912.f)) - V(12582912.f);
-  const V r = (xc - n * V(0.693359375f)) + n * V(2.12194440e-4f);
-  V p(1.9875691500e-4f);
-  p = L::fmadd(p, r, V(1.3981999507e-3f));
-  p = L::fmadd(p, r, V(8.3334519073e-3f));
-  p = L::fmadd(p, r, V(4.1665795894e-2f));
-  p = L::fmadd(p, r, V(1.6666665459e-1f));
-  p = L::fmadd(p, r, V(5.0000001201e-1f));
-  const V y = L::fmadd(p * r, r, r) + V(1.f);
-  // 2^n from its bits: (n + 127) * 2^23 is an exact integer in [2^23, 255 * 2^23].
-  const V scale = L::from_bits(L::trunc_to_int((n + V(127.f)) * V(8388608.f)));
-  return L::select(x < lo, V(0.f), y * scale + (x - x));  // x - x: 0, or NaN for NaN
+  V n;
+  const V y = exp_reduced(xc, n);
+  return L::select(x < lo, V(0.f), y * pow2i(n) + (x - x));  // x - x: 0, or NaN for NaN
 }
 
 FO_HD float exp_nonpos(float x) {
@@ -212,19 +226,27 @@ FO_HD void sigmoid_log1p(double e, double& d, double& l) {
   l = ::log1p(e);
 }
 
+// x = 2^e m with m in [sqrt(1/2), sqrt(2)), for a positive normal x given by its bits; `bias` is
+// the exponent bias (127, or 150 for a subnormal scaled by 2^23 first).
+template <typename V>
+FO_HD void split_exponent(typename Lanes<V>::Int bits, V bias, V& e, V& m) {
+  using L = Lanes<V>;
+  using I = typename L::Int;
+  // The biased exponent times 2^23 converts to float exactly.
+  e = L::to_float(bits & I(0x7f800000)) * V(1.f / 8388608.f) - bias;
+  m = L::from_bits((bits & I(0x007fffff)) | I(0x3f800000));
+  const auto big = m > V(1.41421356f);
+  m = L::select(big, V(0.5f) * m, m);
+  e = L::select(big, e + V(1.f), e);
+}
+
 // log(x) for x in [0, 1] (0 gives -inf): exponent from the bits, mantissa in
 // [sqrt(1/2), sqrt(2)) through the same series.
 template <typename V>
 FO_HD V log_unit_poly(V x) {
   using L = Lanes<V>;
-  using I = typename L::Int;
-  const I bits = L::bits(x);
-  // The biased exponent times 2^23 converts to float exactly.
-  V e = L::to_float(bits & I(0x7f800000)) * V(1.f / 8388608.f) - V(127.f);
-  V m = L::from_bits((bits & I(0x007fffff)) | I(0x3f800000));
-  const auto big = m > V(1.41421356f);
-  m = L::select(big, V(0.5f) * m, m);
-  e = L::select(big, e + V(1.f), e);
+  V e, m;
+  split_exponent(L::bits(x), V(127.f), e, m);
   const V y = e * V(0.693147180559945f) + log_ratio_series((m - V(1.f)) / (m + V(1.f)));
   return L::select(x < V(1.17549435e-38f), V(-INFINITY), y);
 }
@@ -238,20 +260,11 @@ FO_HD V exp_poly(V x) {
   using L = Lanes<V>;
   const V lo(-104.f), hi(88.8f);  // exp(-104) < FLT_TRUE_MIN / 2, exp(88.8) > FLT_MAX
   const V xc = L::select(x >= lo, L::select(x > hi, hi, x), lo);  // NaN -> lo: in range below
-  const V n = (xc * V(1.44269504088896341f) + V(12582912.f)) - V(12582912.f);
-  const V r = (xc - n * V(0.693359375f)) + n * V(2.12194440e-4f);
-  V p(1.9875691500e-4f);
-  p = L::fmadd(p, r, V(1.3981999507e-3f));
-  p = L::fmadd(p, r, V(8.3334519073e-3f));
-  p = L::fmadd(p, r, V(4.1665795894e-2f));
-  p = L::fmadd(p, r, V(1.6666665459e-1f));
-  p = L::fmadd(p, r, V(5.0000001201e-1f));
-  const V y = L::fmadd(p * r, r, r) + V(1.f);
+  V n;
+  const V y = exp_reduced(xc, n);
   // n in [-150, 128] as n1 + n2, each in [-75, 64]: 2^n1 and 2^n2 are normal floats.
   const V n1 = L::to_float(L::trunc_to_int(n * V(0.5f)));
-  const V s1 = L::from_bits(L::trunc_to_int((n1 + V(127.f)) * V(8388608.f)));
-  const V s2 = L::from_bits(L::trunc_to_int((n - n1 + V(127.f)) * V(8388608.f)));
-  const V e = (y * s1) * s2;
+  const V e = (y * pow2i(n1)) * pow2i(n - n1);
   return L::select(x < lo, V(0.f), L::select(x > hi, V(INFINITY), e + (x - x)));  // x - x: NaN for NaN
 }
 
@@ -262,15 +275,9 @@ FO_HD V exp_poly(V x) {
 template <typename V>
 FO_HD V log_poly(V x) {
   using L = Lanes<V>;
-  using I = typename L::Int;
   const auto tiny = x < V(1.17549435e-38f);
-  const V xs = L::select(tiny, x * V(8388608.f), x);
-  const I bits = L::bits(xs);
-  V e = L::to_float(bits & I(0x7f800000)) * V(1.f / 8388608.f) - L::select(tiny, V(150.f), V(127.f));
-  V m = L::from_bits((bits & I(0x007fffff)) | I(0x3f800000));
-  const auto big = m > V(1.41421356f);
-  m = L::select(big, V(0.5f) * m, m);
-  e = L::select(big, e + V(1.f), e);
+  V e, m;
+  split_exponent(L::bits(L::select(tiny, x * V(8388608.f), x)), L::select(tiny, V(150.f), V(127.f)), e, m);
   const V f = m - V(1.f);
   const V z = f * f;
   V p(7.0376836292e-2f);

@@ -9,7 +9,6 @@ namespace cpu {
 namespace CPU_CAPABILITY {
 namespace {
 
-
 void iou_row(const float* box, Columns c, int64_t n, float* out) {
   const Vec a0(box[0]), a1(box[1]), a2(box[2]), a3(box[3]);
   int64_t j = 0;

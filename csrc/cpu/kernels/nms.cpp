@@ -7,7 +7,6 @@ namespace cpu {
 namespace CPU_CAPABILITY {
 namespace {
 
-
 void suppress(const float* box, Columns c, int64_t n, float thr, int32_t* removed) {
   const Vec a0(box[0]), a1(box[1]), a2(box[2]), a3(box[3]), thr_v(thr);
   int64_t j = 0;
