@@ -1,21 +1,27 @@
 # Two commands set up a fresh machine and run everything:
 #   make test    install (torch 2.14.1 + torchvision 0.29.1 only if no torch is importable; never a
 #                second torch), build (CPU kernels per ISA, CUDA kernels when torch has CUDA and a
-#                CUDA toolkit is found), run the test suite
+#                CUDA toolkit is found, and the CUDA kernels on the SIMT emulator, focalops._C_emu),
+#                run the test suite (without a GPU its CUDA cases run on the emulated device)
 #   make bench   install, build, run the benchmark suite (results in benchmarks/results/)
-#   make sanitize  the extension built with AddressSanitizer + UndefinedBehaviorSanitizer into
-#                build/sanitize (the tree's own build is left alone), the op tests run against it
+#   make sanitize  the extension and the emulated CUDA kernels built with AddressSanitizer +
+#                UndefinedBehaviorSanitizer into build/sanitize (the tree's own build is left
+#                alone), the op tests run against them (CPU and emulated CUDA cases)
+#   make tsan    the emulated CUDA kernels built with ThreadSanitizer into build/tsan (each CUDA
+#                thread a fiber), the CUDA cases of the kernels with shared memory or atomics
 PYTHON ?= python3
 PIP = $(PYTHON) -m pip
+# The interpreter itself (a sanitizer runtime preloaded into a launcher script would not reach it).
+PYEXE = $(shell $(PYTHON) -c "import sys; print(sys.executable)")
 
-.PHONY: setup build test bench lint sanitize
+.PHONY: setup build test bench lint sanitize tsan
 
 setup:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -q numpy pytest hypothesis tqdm matplotlib pillow pycocotools ruff
 
 build: setup
-	$(PIP) install --no-build-isolation --no-deps -e .
+	FOCALOPS_CUDA_EMULATE=1 $(PIP) install --no-build-isolation --no-deps -e .
 
 test: build
 	$(PYTHON) -m pytest -q -x tests
@@ -32,12 +38,27 @@ SANITIZE_LIB = build/sanitize/lib
 SANITIZE_TESTS = test_focal_loss.py test_boxes.py test_assign.py test_nms.py test_postprocess.py test_hostile.py \
 	test_cpu_capabilities.py::test_capabilities_agree
 sanitize: setup
-	FOCALOPS_SANITIZE=1 $(PYTHON) setup.py -q build_py --build-lib $(SANITIZE_LIB) \
+	FOCALOPS_SANITIZE=1 FOCALOPS_CUDA_EMULATE=1 $(PYTHON) setup.py -q build_py --build-lib $(SANITIZE_LIB) \
 		build_ext --build-lib $(SANITIZE_LIB) --build-temp build/sanitize/temp
 	cd $(SANITIZE_LIB) && PYTHONPATH=$(CURDIR)/$(SANITIZE_LIB) \
 		LD_PRELOAD="$$(c++ -print-file-name=libasan.so) $$(c++ -print-file-name=libstdc++.so.6)" \
 		ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=print_stacktrace=1 \
-		$(PYTHON) -m pytest -q -x -p no:cacheprovider -k "not inductor" $(addprefix $(CURDIR)/tests/,$(SANITIZE_TESTS))
+		$(PYEXE) -m pytest -q -x -p no:cacheprovider -k "not inductor" $(addprefix $(CURDIR)/tests/,$(SANITIZE_TESTS))
+
+# ThreadSanitizer on the emulated kernels that share memory between threads or use atomics
+# (block sums, assignment tiles, NMS masks and suppression, post-processing NMS). Only
+# focalops._C_emu is instrumented (with fiber annotations: each CUDA thread is a TSan thread,
+# synchronised at barriers, warp operations and launch boundaries); the CPU library and torch
+# are not, so their interceptors are ignored.
+TSAN_LIB = build/tsan/lib
+TSAN_TESTS = test_focal_loss.py test_assign.py test_nms.py test_postprocess.py
+tsan: setup
+	FOCALOPS_CUDA=0 FOCALOPS_EMULATE_TSAN=1 $(PYTHON) setup.py -q build_py --build-lib $(TSAN_LIB) \
+		build_ext --build-lib $(TSAN_LIB) --build-temp build/tsan/temp
+	cd $(TSAN_LIB) && PYTHONPATH=$(CURDIR)/$(TSAN_LIB) LD_PRELOAD="$$(c++ -print-file-name=libtsan.so)" \
+		TSAN_OPTIONS="halt_on_error=1 ignore_noninstrumented_modules=1 report_signal_unsafe=0" \
+		$(PYEXE) -m pytest -q -x -p no:cacheprovider -k "(cuda_emu or cuda_) and not inductor and not compile" \
+		$(addprefix $(CURDIR)/tests/,$(TSAN_TESTS))
 
 lint:
 	ruff check focalops tests benchmarks setup.py

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Mutation smoke test, run by hand (not in CI): does the test suite notice a plausible bug in
-# the CPU kernels? Each mutation changes one line of a scratch copy of the tree (the tree itself
+# the CPU kernels, or in the CUDA kernels (run by the tests on the SIMT emulator, csrc/emu)? Each mutation changes one line of a scratch copy of the tree (the tree itself
 # is never touched), rebuilds it (ninja recompiles only the changed unit and what includes it),
 # and runs the tests that cover that code. A mutation is caught when they fail. Every mutation
 # must be caught: the script exits 1 otherwise (2 if it could not run).
@@ -78,6 +78,38 @@ mutation csrc/math/common.h \
   "  const V n1 = L::to_float(L::trunc_to_int(n * V(0.f)));" \
   tests/test_elementary.py "exp_poly (x86 default box coder): 2^n in one step, wrong at both ends of the range"
 
+# CUDA kernels: each caught by the emulated CUDA cases of the tests (the emulator refuses a
+# barrier some threads skip, a warp operation some lanes of its mask do not reach; poisoned
+# shared memory shows a read before the write; shuffled block order shows lost atomics).
+mutation csrc/cuda/common.cuh \
+  "  __syncthreads();" \
+  "  ;" \
+  tests/test_focal_loss.py "CUDA block_sum: the barrier between the warp sums and their reduction removed"
+mutation csrc/cuda/focal_loss.cuh \
+  "  lay.packs = (numel - lay.head) / N;" \
+  "  lay.packs = (numel - lay.head + N - 1) / N;" \
+  tests/test_focal_loss.py "CUDA focal loss: the pack count rounded up (the last pack overruns the tensor)"
+mutation csrc/cuda/assign.cuh \
+  "  const int lane = threadIdx.x & 31;" \
+  "  const int lane = threadIdx.x & 31; if (!valid[0]) return;" \
+  tests/test_assign.py "CUDA assign: threads without anchors return before the tile barriers"
+mutation csrc/cuda/nms.cuh \
+  "    const unsigned invalid = __ballot_sync(0xffffffffu, t < size && !(next_score >= T(0)));" \
+  "    const unsigned invalid = t < size ? __ballot_sync(0xffffffffu, !(next_score >= T(0))) : 0u;" \
+  tests/test_postprocess.py "CUDA postprocess NMS: the full-warp ballot moved inside a branch"
+mutation csrc/cuda/assign.cuh \
+  "      if (lane == 0 && m > 0.f) atomicMax(s_best + g, __float_as_int(m));" \
+  "      if (lane == 0 && m > 0.f) s_best[g] = __float_as_int(m);" \
+  tests/test_assign.py "CUDA assign: the shared atomicMax of the warps' best IoU becomes a plain store"
+mutation csrc/cuda/assign.cuh \
+  "    const int n = static_cast<int>(count - g0 < kBoxTile ? count - g0 : kBoxTile);" \
+  "    const int n = static_cast<int>(count - g0 < kBoxTile ? count - g0 : kBoxTile - 1);" \
+  tests/test_assign.py "CUDA assign: the box tile one short (the last box of every full tile skipped)"
+mutation csrc/cuda/boxes.cuh \
+  "       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {" \
+  "       idx += 2 * static_cast<int64_t>(gridDim.x) * blockDim.x) {" \
+  tests/test_boxes.py "CUDA box_iou: every other grid-stride step skipped"
+
 if [[ "${1:-}" == "--list" ]]; then
   for i in "${!WHAT[@]}"; do printf '%2d  %-32s %s\n' $((i + 1)) "${FILES[$i]}" "${WHAT[$i]}"; done
   exit 0
@@ -109,7 +141,8 @@ trap 'rm -rf "$WORK"' EXIT
 git -C "$ROOT" ls-files -co --exclude-standard -z | (cd "$ROOT" && tar --null -T - -cf -) | tar -C "$WORK" -xf -
 cd "$WORK"
 # The tests' subprocesses (other CPU capabilities) must import this copy too.
-export PYTHONPATH="$WORK${PYTHONPATH:+:$PYTHONPATH}" FOCALOPS_CUDA=0 MAX_JOBS="${MAX_JOBS:-2}"
+# CPU kernels and the emulated CUDA kernels (no nvcc build: the emulator runs the CUDA sources).
+export PYTHONPATH="$WORK${PYTHONPATH:+:$PYTHONPATH}" FOCALOPS_CUDA=0 FOCALOPS_CUDA_EMULATE=1 MAX_JOBS="${MAX_JOBS:-2}"
 
 build() { "$PYTHON" setup.py build_ext --inplace >build.log 2>&1; }
 run_tests() { "$PYTHON" -m pytest -q -x -p no:cacheprovider -k "not inductor" "$@" >pytest.log 2>&1; }

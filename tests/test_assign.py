@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from conftest import GPU, needs_cuda, run_device_code
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -260,18 +261,16 @@ def test_compile_assign():
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.skipif(
-    not (torch.cuda.is_available() and focalops.has_cuda_kernels()), reason="needs CUDA kernels"
-)
+@needs_cuda
 def test_assign_cuda_identical_to_cpu():
     anchors, gt, _ = make_batch(4, 300, 0, 7, scale=64.0)
     counts = torch.tensor([300, 0, 17, 250])
     cpu = focalops.assign(anchors, gt, counts)
-    cuda = focalops.assign(anchors.cuda(), gt.cuda(), counts.cuda())
+    cuda = focalops.assign(anchors.to(GPU), gt.to(GPU), counts.to(GPU))
     assert torch.equal(cpu, cuda.cpu())
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@needs_cuda
 def test_cuda_kernels_registered():
     for op in (
         "assign",
@@ -281,15 +280,11 @@ def test_cuda_kernels_registered():
         "_decode_boxes_backward",
         "retinanet_targets",
     ):
-        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"focalops::{op}", "CUDA"), op
+        key = "CUDA" if GPU == "cuda" else "PrivateUse1"
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"focalops::{op}", key), op
 
 
 # --- CUDA: block and tile boundaries, device-side asserts -----------------------------------------
-
-needs_cuda = pytest.mark.skipif(
-    not (torch.cuda.is_available() and focalops.has_cuda_kernels()), reason="needs CUDA kernels"
-)
-
 
 @needs_cuda
 @pytest.mark.parametrize("A", [1023, 1024, 1025, 2049, 12_345])
@@ -309,30 +304,29 @@ def test_cuda_assign_across_block_and_tile_boundaries(A):
     labels = torch.randint(0, 80, (3, G), generator=g)
     for low_quality in (True, False):
         cpu = focalops.assign(anchors, gt, counts, allow_low_quality=low_quality)
-        cuda = focalops.assign(anchors.cuda(), gt.cuda(), counts.cuda(), allow_low_quality=low_quality)
+        cuda = focalops.assign(anchors.to(GPU), gt.to(GPU), counts.to(GPU), allow_low_quality=low_quality)
         assert torch.equal(cpu, cuda.cpu())
     assert cpu[0, A - 1] == 5 and cpu[2, 0] == 1099 and (cpu[2] != 1100).all() and (cpu[1] == -1).all()
     want = focalops.retinanet_targets(cpu, gt, labels, anchors)
-    got = focalops.retinanet_targets(cuda, gt.cuda(), labels.cuda(), anchors.cuda())
+    got = focalops.retinanet_targets(cuda, gt.to(GPU), labels.to(GPU), anchors.to(GPU))
     for a, b in zip(got, want):
         torch.testing.assert_close(a.cpu(), b, rtol=1e-6, atol=1e-6)
 
 
 _ASSERT_SETUP = (
-    "import torch, focalops\n"
-    "a = focalops.AnchorGenerator().for_image_size(256, 256, device='cuda')[0].clone()\n"
-    "gt = torch.tensor([[[0.0, 0, 50, 50], [10, 10, 90, 90], [5, 5, 20, 30], [100, 100, 200, 180]]], device='cuda')\n"
-    "c = torch.tensor([4], device='cuda')\n"
+    "a = focalops.AnchorGenerator().for_image_size(256, 256, device='{dev}')[0].clone()\n"
+    "gt = torch.tensor([[[0.0, 0, 50, 50], [10, 10, 90, 90], [5, 5, 20, 30], [100, 100, 200, 180]]], device='{dev}')\n"
+    "c = torch.tensor([4], device='{dev}')\n"
 )
 _ASSERT_CASES = {
     "valid": "focalops.assign(a, gt, c)",
-    "count_above_G": "focalops.assign(a, gt, torch.tensor([5], device='cuda'))",
-    "negative_count": "focalops.assign(a, gt, torch.tensor([-1], device='cuda'))",
+    "count_above_G": "focalops.assign(a, gt, torch.tensor([5], device='{dev}'))",
+    "negative_count": "focalops.assign(a, gt, torch.tensor([-1], device='{dev}'))",
     "nan_anchor_in_second_block": "a[1500, 2] = float('nan')\nfocalops.assign(a, gt, c)",
     "nan_gt_box": "gt[0, 1, 0] = float('nan')\nfocalops.assign(a, gt, c)",
     "matched_out_of_range": (
-        "m = torch.full((1, a.shape[0]), 4, device='cuda')\n"
-        "focalops.retinanet_targets(m, gt, torch.zeros(1, 4, dtype=torch.long, device='cuda'), a)"
+        "m = torch.full((1, a.shape[0]), 4, device='{dev}')\n"
+        "focalops.retinanet_targets(m, gt, torch.zeros(1, 4, dtype=torch.long, device='{dev}'), a)"
     ),
 }
 
@@ -340,15 +334,9 @@ _ASSERT_CASES = {
 @needs_cuda
 @pytest.mark.parametrize("case", sorted(_ASSERT_CASES))
 def test_cuda_bad_values_are_device_asserts(case):
-    """Checks of data on the GPU are device-side asserts (no host synchronisation): the process's
-    CUDA context is lost, so each case runs in its own interpreter."""
-    import subprocess
-    import sys
-
-    code = _ASSERT_SETUP + _ASSERT_CASES[case] + "\ntorch.cuda.synchronize()\nprint('finished')\n"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
-    out = proc.stdout + proc.stderr
+    """Checks of data on the GPU are device-side asserts (no host synchronisation)."""
+    finished, out = run_device_code(_ASSERT_SETUP + _ASSERT_CASES[case])
     if case == "valid":
-        assert proc.returncode == 0 and "finished" in out, out[-3000:]
+        assert finished, out
     else:
-        assert proc.returncode != 0 and "assert" in out.lower(), out[-3000:]
+        assert not finished and "assert" in out.lower(), out

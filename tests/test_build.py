@@ -10,13 +10,18 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import sysconfig
 
 import pytest
 import torch
 import torch.utils.cpp_extension as cpp_extension
+from conftest import EMULATED
 
 import focalops
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "emu"))
+from kernel_resources import find_cuobjdump  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CUDA_SOURCES = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
@@ -33,6 +38,28 @@ def test_every_schema_found():
 def test_cpu_kernels_registered():
     for op in OPS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"focalops::{op}", "CPU"), op
+
+
+@pytest.mark.skipif(not EMULATED, reason="the emulated CUDA kernels (focalops._C_emu) are not loaded")
+def test_emulated_kernels_registered_for_every_cuda_op():
+    """The emulation build compiles every csrc/cuda/*.cu: each op with CUDA kernels has them on
+    the emulated device too."""
+    for op in OPS:
+        has = torch._C._dispatch_has_kernel_for_dispatch_key(f"focalops::{op}", "PrivateUse1")
+        assert has != (op in CPU_ONLY_OPS), op
+
+
+@pytest.mark.skipif(
+    not focalops.has_cuda_kernels() or find_cuobjdump() is None, reason="needs focalops' CUDA kernels and cuobjdump"
+)
+def test_emulator_kernel_resources_are_current():
+    """csrc/emu/kernel_resources.inc (registers, static shared memory and launch bounds of every
+    kernel, which the emulator checks each launch against) matches this nvcc build."""
+    script = os.path.join(ROOT, "csrc", "emu", "kernel_resources.py")
+    import focalops._C as lib
+
+    proc = subprocess.run([sys.executable, script, "--check", lib.__file__], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.mark.skipif(torch.version.cuda is None, reason="torch without CUDA: the library has CPU kernels only")

@@ -42,7 +42,14 @@ def _env(cap):
     path = os.pathsep.join(
         p for p in (os.path.dirname(os.path.dirname(focalops.__file__)), os.environ.get("PYTHONPATH")) if p
     )
-    return {**os.environ, "ATEN_CPU_CAPABILITY": cap, IN_SUBPROCESS: "1", "PYTHONPATH": path}
+    # The emulated CUDA kernels do not depend on the CPU capability: they run in the main process.
+    return {
+        **os.environ,
+        "ATEN_CPU_CAPABILITY": cap,
+        IN_SUBPROCESS: "1",
+        "PYTHONPATH": path,
+        "FOCALOPS_TEST_EMULATED": "0",
+    }
 
 
 def test_capability_follows_aten():

@@ -3,6 +3,7 @@ import os
 
 import pytest
 import torch
+from conftest import EMULATED, GPU, needs_cuda, needs_real_gpu
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -221,10 +222,13 @@ def test_cuda_kernels_registered():
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"focalops::{op}", "CUDA")
 
 
+@pytest.mark.skipif(not EMULATED, reason="runs on the emulated CUDA device")
+def test_emulated_kernels_registered():
+    for op in ("nms", "batched_nms", "postprocess"):
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"focalops::{op}", "PrivateUse1")
+
+
 # --- CUDA: large inputs and the tiled bitmask ---------------------------------------------------
-
-needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
 
 def _crowd(n, seed, classes=None):
     """n boxes in a crowded scene (many overlaps at every threshold), distinct scores."""
@@ -237,7 +241,7 @@ def _crowd(n, seed, classes=None):
     return boxes, scores, idxs
 
 
-@needs_cuda
+@needs_real_gpu  # (on the emulator: test_cuda_tiled_mask_matches_cpu, with a small tile budget)
 @pytest.mark.parametrize("n", [20_000, 50_000])
 def test_cuda_many_boxes_match_cpu(n):
     """> 16,384 boxes; 50,000 needs two mask tiles at the default 256 MiB budget."""
@@ -260,14 +264,14 @@ def test_cuda_tiled_mask_matches_cpu(monkeypatch, n):
     scores[: n // 3] = scores[: n // 3].round()  # ties too: lower index first
     monkeypatch.setenv("FOCALOPS_NMS_TILE_BYTES", str(64 << 10))
     for thr in (0.0, 0.5):
-        assert torch.equal(focalops.nms(boxes.cuda(), scores.cuda(), thr).cpu(), focalops.nms(boxes, scores, thr))
+        assert torch.equal(focalops.nms(boxes.to(GPU), scores.to(GPU), thr).cpu(), focalops.nms(boxes, scores, thr))
         assert torch.equal(
-            focalops.batched_nms(boxes.cuda(), scores.cuda(), idxs.cuda(), thr).cpu(),
+            focalops.batched_nms(boxes.to(GPU), scores.to(GPU), idxs.to(GPU), thr).cpu(),
             focalops.batched_nms(boxes, scores, idxs, thr),
         )
 
 
-@needs_cuda
+@needs_real_gpu
 def test_cuda_mask_beyond_memory_is_a_clear_error(monkeypatch):
     """With the tile budget lifted, 2M boxes would need one 500 GB mask: the allocation failure
     says what it was for instead of a bare out-of-memory."""

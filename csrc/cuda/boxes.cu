@@ -1,12 +1,11 @@
 // Box IoU and box coding, CUDA launchers (kernel bodies in boxes.cuh).
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <algorithm>
 
 #include "checks/boxes.h"
+#include "cuda/runtime.h"
 #include "cuda/boxes.cuh"
 
 namespace focalops {
@@ -15,22 +14,22 @@ namespace {
 constexpr int kThreads = 256;
 
 int blocks_for(int64_t n) {
-  const int64_t sms = at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+  const int64_t sms = gpu::multiprocessors();
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, sms * 32)));
 }
 
 at::Tensor box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2) {
   check_box_iou_args(boxes1, boxes2);
-  const c10::cuda::CUDAGuard guard(boxes1.device());
+  const gpu::DeviceGuard guard(boxes1.device());
   const auto b1 = boxes1.contiguous();
   const auto b2 = boxes2.contiguous();
   auto out = at::empty({b1.size(0), b2.size(0)}, b1.options());
   if (out.numel() == 0) return out;
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = gpu::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, b1.scalar_type(), "box_iou_cuda", [&] {
-    cuda::box_iou_kernel<scalar_t><<<blocks_for(out.numel()), kThreads, 0, stream>>>(
+    FO_LAUNCH(blocks_for(out.numel()), kThreads, 0, stream, cuda::box_iou_kernel<scalar_t>)(
         b1.data_ptr<scalar_t>(), b2.data_ptr<scalar_t>(), b1.size(0), b2.size(0), out.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    FO_LAUNCH_CHECK();
   });
   return out;
 }
@@ -38,7 +37,7 @@ at::Tensor box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2) {
 template <int kOp>
 at::Tensor coder_cuda(const at::Tensor& x_, const at::Tensor& anchors_, const at::Tensor* grad_,
                       at::ArrayRef<double> weights, double clamp) {
-  const c10::cuda::CUDAGuard guard(x_.device());
+  const gpu::DeviceGuard guard(x_.device());
   const auto x = x_.contiguous();
   const auto anchors = anchors_.contiguous();
   auto out = at::empty(x.sizes(), x.options());
@@ -47,12 +46,12 @@ at::Tensor coder_cuda(const at::Tensor& x_, const at::Tensor& anchors_, const at
   if (grad_ != nullptr) grad = grad_->contiguous();
   const auto w = box_weights(weights);
   const int64_t rows = x.numel() / 4;
-  const auto stream = at::cuda::getCurrentCUDAStream();
+  const auto stream = gpu::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "box_coder_cuda", [&] {
-    cuda::box_coder_kernel<kOp, scalar_t><<<blocks_for(rows), kThreads, 0, stream>>>(
+    FO_LAUNCH(blocks_for(rows), kThreads, 0, stream, cuda::box_coder_kernel<kOp, scalar_t>)(
         x.data_ptr<scalar_t>(), anchors.data_ptr<scalar_t>(), grad_ != nullptr ? grad.data_ptr<scalar_t>() : nullptr,
         rows, anchors.numel() / 4, w, clamp, out.data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    FO_LAUNCH_CHECK();
   });
   return out;
 }
@@ -77,7 +76,7 @@ at::Tensor decode_boxes_backward_cuda(const at::Tensor& grad, const at::Tensor& 
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(focalops, CUDA, m) {
+TORCH_LIBRARY_IMPL(focalops, FO_CUDA_DISPATCH_KEY, m) {
   m.impl("box_iou", &box_iou_cuda);
   m.impl("encode_boxes", &encode_boxes_cuda);
   m.impl("decode_boxes", &decode_boxes_cuda);

@@ -3,11 +3,10 @@
 // (double for double) through the shared csrc/math/box.h.
 #pragma once
 
-#include <cuda_runtime.h>
-
 #include <cstdint>
 #include <type_traits>
 
+#include "cuda/common.cuh"
 #include "math/box.h"
 
 namespace focalops {

@@ -12,12 +12,19 @@
 namespace focalops {
 namespace cuda {
 
+#if !defined(FOCALOPS_EMULATE)  // the SIMT emulation (csrc/emu/simt.h) defines these three
 // Fails the kernel like PyTorch's CUDA_KERNEL_ASSERT: the error surfaces at the next
 // synchronisation, so checking data on the device costs no host round trip.
 #define FO_DEVICE_CHECK(cond)                                                         \
   do {                                                                                \
     if (!(cond)) __assert_fail(#cond, __FILE__, static_cast<unsigned>(__LINE__), __func__); \
   } while (0)
+// A kernel launch, written once for nvcc and the emulation: FO_LAUNCH(grid, block, shared
+// bytes, stream, kernel)(args...).
+#define FO_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+// The kernel's dynamic shared memory, as a T*.
+#define FO_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
+#endif
 
 // Compute type of a storage type: float for the half types, else itself.
 template <typename T>

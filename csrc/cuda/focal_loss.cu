@@ -1,21 +1,15 @@
 // Sigmoid focal loss, CUDA entry points: tensor plumbing around cuda/focal_loss.cuh.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "checks/focal_loss.h"
+#include "cuda/runtime.h"
 #include "cuda/focal_loss.cuh"
 #include "cuda/storage.h"
 
 namespace focalops {
 namespace {
-
-int multiprocessors() {
-  return at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
-}
 
 // A gradient that is one value broadcast to every element (stride 0 everywhere, e.g. from
 // `loss(reduction="none").sum()`), as a 0-d view of that value; else undefined.
@@ -30,7 +24,7 @@ at::Tensor broadcast_scalar(const at::Tensor& grad) {
 // mode: cuda::kFocalLoss / kFocalSum / kFocalGrad. `grad` is the incoming gradient (kFocalGrad).
 at::Tensor focal_cuda(int mode, const at::Tensor& inputs, const at::Tensor& targets, const at::Tensor& grad,
                       double alpha, double gamma, int64_t ignore_index) {
-  const c10::cuda::CUDAGuard guard(inputs.device());
+  const gpu::DeviceGuard guard(inputs.device());
   const at::Tensor x = inputs.contiguous();
   const at::Tensor t = targets.contiguous();
   const bool hard = focal_is_index_form(t);
@@ -54,11 +48,11 @@ at::Tensor focal_cuda(int mode, const at::Tensor& inputs, const at::Tensor& targ
   }
   TORCH_CHECK(!hard || K <= cuda::kFocalMaxClasses, "sigmoid_focal_loss: at most ", cuda::kFocalMaxClasses,
               " classes (last dimension) with class-index targets on CUDA, got ", K);
-  const int sms = multiprocessors();
+  const int sms = gpu::multiprocessors();
   const at::Tensor partials = mode == cuda::kFocalSum
                                   ? at::empty({cuda::focal_partials(x.numel(), sms)}, x.options().dtype(acc_dtype))
                                   : at::Tensor();
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = gpu::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sigmoid_focal_loss_cuda", [&] {
     using T = typename CudaStorage<scalar_t>::type;
     using A = typename cuda::OpMath<T>::type;
@@ -69,7 +63,7 @@ at::Tensor focal_cuda(int mode, const at::Tensor& inputs, const at::Tensor& targ
     T* op = mode == cuda::kFocalSum ? nullptr : reinterpret_cast<T*>(out.data_ptr<scalar_t>());
     A* sum = mode == cuda::kFocalSum ? out.data_ptr<A>() : nullptr;
     A* part = mode == cuda::kFocalSum ? partials.data_ptr<A>() : nullptr;
-    C10_CUDA_CHECK(cuda::launch_focal<T>(mode, hard, math::gamma_kind(static_cast<A>(gamma)), x.numel(), K, ignore_index,
+    FO_CUDA_CHECK(cuda::launch_focal<T>(mode, hard, math::gamma_kind(static_cast<A>(gamma)), x.numel(), K, ignore_index,
                                          static_cast<A>(alpha), static_cast<A>(gamma), gs,
                                          reinterpret_cast<const T*>(x.data_ptr<scalar_t>()), tp, lp, gp, op, part, sum,
                                          sms, stream));
@@ -93,7 +87,7 @@ at::Tensor sigmoid_focal_loss_backward_cuda(const at::Tensor& grad, const at::Te
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(focalops, CUDA, m) {
+TORCH_LIBRARY_IMPL(focalops, FO_CUDA_DISPATCH_KEY, m) {
   m.impl("sigmoid_focal_loss", &sigmoid_focal_loss_cuda);
   m.impl("_sigmoid_focal_loss_backward", &sigmoid_focal_loss_backward_cuda);
 }

@@ -37,8 +37,13 @@ template <typename T, bool kHard, int kMode>
 constexpr int focal_min_blocks() {
   return (sizeof(T) == 2 && kHard && kMode == 2) ? 3 : 4;
 }
-// Elements per launch: 32-bit indices with room for the column offset and the grid stride.
+// Elements per launch: 32-bit indices with room for the column offset and the grid stride. (The
+// SIMT emulator's is 2^16, so that its tests reach the chunking on small inputs.)
+#if defined(FOCALOPS_EMULATE)
+constexpr int64_t kFocalChunk = int64_t{1} << 16;
+#else
 constexpr int64_t kFocalChunk = int64_t{1} << 30;
+#endif
 // Largest class count of the class-index form (the column offset of a chunk stays < 2^31).
 constexpr int64_t kFocalMaxClasses = int64_t{1} << 30;
 
@@ -276,7 +281,7 @@ cudaError_t launch_focal_chunk(int gk, int sms, cudaStream_t stream, const T* x,
   const int64_t wanted = (static_cast<int64_t>(lay.packs) + kPerBlock - 1) / kPerBlock;
   const int64_t resident = static_cast<int64_t>(per_sm > 0 ? per_sm : 1) * sms;
   *grid = static_cast<int>(wanted < 1 ? 1 : wanted < resident ? wanted : resident);
-  kernel<<<*grid, kFocalThreads, 0, stream>>>(x, soft, labels, grad_each, out, partials, args, lay);
+  FO_LAUNCH(*grid, kFocalThreads, 0, stream, kernel)(x, soft, labels, grad_each, out, partials, args, lay);
   return cudaGetLastError();
 }
 
@@ -330,7 +335,7 @@ cudaError_t launch_focal(int mode, bool hard, int gk, int64_t numel, int64_t K, 
     written += grid;
   }
   if (mode == kFocalSum) {
-    focal_sum_finalize<<<1, 1024, 0, stream>>>(partials, static_cast<int>(written), sum_out);
+    FO_LAUNCH(1, 1024, 0, stream, focal_sum_finalize<A>)(partials, static_cast<int>(written), sum_out);
   }
   return cudaGetLastError();
 }

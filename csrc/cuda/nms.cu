@@ -5,15 +5,13 @@
 // cuda::kNmsTileBytes (see cuda/nms.cuh), so memory stays O(boxes) plus one tile.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAException.h>
-#include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <cstdlib>
 
 #include "checks/nms.h"
+#include "cuda/runtime.h"
 #include "cuda/nms.cuh"
 #include "cuda/storage.h"
 
@@ -50,7 +48,7 @@ at::Tensor mask_tile(const char* op, int64_t num_words, int64_t n, const at::Ten
 }
 
 at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, const at::Tensor* idxs, double iou_threshold) {
-  const c10::cuda::CUDAGuard guard(boxes.device());
+  const gpu::DeviceGuard guard(boxes.device());
   const int64_t n = boxes.size(0);
   const auto long_opts = boxes.options().dtype(at::kLong);
   if (n == 0) return at::empty({0}, long_opts);
@@ -70,14 +68,14 @@ at::Tensor nms_cuda_impl(const at::Tensor& boxes, const at::Tensor& scores, cons
   const at::Tensor mask = mask_tile(idxs != nullptr ? "batched_nms" : "nms", cuda::nms_tile_rows(n, W) * W, n, long_opts);
   const at::Tensor removed = at::zeros({cb}, long_opts);
   const at::Tensor keep_sorted = at::empty({n}, boxes.options().dtype(at::kByte));
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = gpu::current_stream();
   const float thr = static_cast<float>(iou_threshold);
   if (idxs != nullptr) {
-    C10_CUDA_CHECK(cuda::launch_nms<cuda::kSortedClasses>(sorted_boxes.data_ptr<float>(), sorted_classes.data_ptr<int64_t>(),
+    FO_CUDA_CHECK(cuda::launch_nms<cuda::kSortedClasses>(sorted_boxes.data_ptr<float>(), sorted_classes.data_ptr<int64_t>(),
                                                           n, thr, W, words(mask), words(removed),
                                                           keep_sorted.data_ptr<uint8_t>(), stream));
   } else {
-    C10_CUDA_CHECK(cuda::launch_nms<cuda::kNoClasses>(sorted_boxes.data_ptr<float>(), nullptr, n, thr, W, words(mask),
+    FO_CUDA_CHECK(cuda::launch_nms<cuda::kNoClasses>(sorted_boxes.data_ptr<float>(), nullptr, n, thr, W, words(mask),
                                                       words(removed), keep_sorted.data_ptr<uint8_t>(), stream));
   }
   // Back to score order; masked_select reads the count back (the one synchronisation).
@@ -103,7 +101,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> postprocess_cuda(
     int64_t detections_per_img) {
   check_postprocess_args(cls_logits, box_deltas, anchors, level_sizes, image_sizes, score_thresh, topk_candidates,
                          nms_thresh, detections_per_img);
-  const c10::cuda::CUDAGuard guard(cls_logits.device());
+  const gpu::DeviceGuard guard(cls_logits.device());
   const int64_t B = cls_logits.size(0), A = cls_logits.size(1), K = cls_logits.size(2), D = detections_per_img;
   const auto mt = postprocess_math_type(cls_logits);
   const auto opts = box_deltas.options();
@@ -128,7 +126,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> postprocess_cuda(
   at::Tensor cand_scores = at::empty({B, M}, opts);
   at::Tensor cand_labels = at::empty({B, M}, long_opts);
   at::Tensor cand_keys = at::empty({B, M}, long_opts);
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = gpu::current_stream();
   const double clamp = std::log(1000.0 / 16);
 
   // 1. Per level: top-k logits of every image (the threshold is applied to their scores).
@@ -148,7 +146,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> postprocess_cuda(
             anc.data_ptr<T>(), sizes.data_ptr<T>(), A, K, l, anchor_start, slot, M, static_cast<T>(score_thresh),
             static_cast<T>(clamp), cand_boxes.data_ptr<T>(), cand_boxes_f.data_ptr<float>(), cand_scores.data_ptr<T>(),
             cand_labels.data_ptr<int64_t>(), cand_keys.data_ptr<int64_t>(), stream);
-        C10_CUDA_CHECK(err);
+        FO_CUDA_CHECK(err);
       });
     }
     anchor_start += level_sizes[l];
@@ -183,7 +181,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> postprocess_cuda(
   const cuda::PostprocessState state{tiled ? words(removed) : nullptr, tiled ? keep.data_ptr<uint8_t>() : nullptr,
                                      tiled ? done.data_ptr<int>() : nullptr};
   AT_DISPATCH_FLOATING_TYPES(mt, "postprocess_nms", [&] {
-    C10_CUDA_CHECK(cuda::launch_postprocess_nms<scalar_t>(
+    FO_CUDA_CHECK(cuda::launch_postprocess_nms<scalar_t>(
         sorted_boxes_f.data_ptr<float>(), sorted_boxes.data_ptr<scalar_t>(), sorted_scores.data_ptr<scalar_t>(),
         sorted_labels.data_ptr<int64_t>(), B, M, D, static_cast<float>(nms_thresh), W, words(mask), state,
         out_boxes.data_ptr<scalar_t>(), out_scores.data_ptr<scalar_t>(), out_labels.data_ptr<int64_t>(),
@@ -194,7 +192,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> postprocess_cuda(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(focalops, CUDA, m) {
+TORCH_LIBRARY_IMPL(focalops, FO_CUDA_DISPATCH_KEY, m) {
   m.impl("nms", &nms_cuda);
   m.impl("batched_nms", &batched_nms_cuda);
   m.impl("postprocess", &postprocess_cuda);

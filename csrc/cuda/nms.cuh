@@ -34,8 +34,9 @@ constexpr int kNmsReduceThreads = 256;
 // Mask tile budget, all segments (images) together (the launchers take it as an argument:
 // FOCALOPS_NMS_TILE_BYTES overrides it, so that tests reach the tiled path with small inputs).
 constexpr int64_t kNmsTileBytes = int64_t{256} << 20;
-// Post-processing keeps an untiled image's removed-words in shared memory: up to 48 KiB (the
-// launch limit without opting in), 393,216 candidates; beyond it they go to global memory.
+// Post-processing keeps an untiled image's removed-words in shared memory: up to 48 KiB, 393,216
+// candidates (with the kernel's static shared memory on top, past the 48 KiB a launch gets
+// without opting in: launch_postprocess_nms opts in); beyond it they go to global memory.
 constexpr int64_t kNmsSharedRemovedBytes = 48 << 10;
 
 // How the mask kernels treat classes.
@@ -237,12 +238,12 @@ cudaError_t launch_nms(const float* sorted_boxes, const int64_t* sorted_classes,
     const int64_t c1 = imin(c0 + W, cb);
     const unsigned tw = static_cast<unsigned>(c1 - c0);
     if (c0 > 0) {
-      nms_suppress_kernel<kMode><<<dim3(static_cast<unsigned>(c0), tw, 1), kNmsBlock, 0, stream>>>(
+      FO_LAUNCH(dim3(static_cast<unsigned>(c0), tw, 1), kNmsBlock, 0, stream, nms_suppress_kernel<kMode>)(
           sorted_boxes, sorted_classes, n, thr, keep, c0, removed);
     }
-    nms_mask_kernel<kMode><<<dim3(tw, tw, 1), kNmsBlock, 0, stream>>>(sorted_boxes, sorted_classes, n, thr, c0, W,
+    FO_LAUNCH(dim3(tw, tw, 1), kNmsBlock, 0, stream, nms_mask_kernel<kMode>)(sorted_boxes, sorted_classes, n, thr, c0, W,
                                                                        rows, mask);
-    nms_reduce_kernel<kNmsReduceThreads><<<1, kNmsReduceThreads, 0, stream>>>(mask, n, c0, c1, W, removed, keep);
+    FO_LAUNCH(1, kNmsReduceThreads, 0, stream, nms_reduce_kernel<kNmsReduceThreads>)(mask, n, c0, c1, W, removed, keep);
     const cudaError_t err = cudaGetLastError();
     if (err != cudaSuccess) return err;
   }
@@ -288,7 +289,7 @@ cudaError_t launch_candidates(const L* vals, const int64_t* idx, int64_t num_ima
   const int64_t total = num_images * k;
   const int threads = 256;
   const int blocks = static_cast<int>(imin((total + threads - 1) / threads, 65535));
-  candidates_kernel<L, T><<<blocks, threads, 0, stream>>>(vals, idx, num_images, k, deltas, anchors, image_sizes,
+  FO_LAUNCH(blocks, threads, 0, stream, candidates_kernel<L, T>)(vals, idx, num_images, k, deltas, anchors, image_sizes,
                                                           num_anchors, num_classes, level, anchor_start, slot, M,
                                                           score_thresh, clamp, boxes, boxes_f, scores, labels, keys);
   return cudaGetLastError();
@@ -311,7 +312,7 @@ __global__ void __launch_bounds__(kNmsReduceThreads)
     postprocess_nms_kernel(const uint64_t* mask, const T* boxes, const T* scores, const int64_t* labels, int64_t M,
                            int64_t D, int64_t c0, int64_t c1, int64_t W, int64_t rows, PostprocessState state,
                            T* out_boxes, T* out_scores, int64_t* out_labels, int64_t* counts) {
-  extern __shared__ uint64_t removed_smem[];
+  FO_DYNAMIC_SHARED(uint64_t, removed_smem);
   __shared__ uint64_t diag[kNmsBlock];
   __shared__ int kept_pos[kNmsBlock];
   __shared__ unsigned invalid_words[kNmsBlock / 32];
@@ -412,16 +413,23 @@ cudaError_t launch_postprocess_nms(const float* sorted_boxes_f, const T* sorted_
   const int64_t rows = nms_tile_rows(M, W);
   const unsigned images = static_cast<unsigned>(num_images);
   const size_t smem = state.removed == nullptr ? static_cast<size_t>(cb) * sizeof(uint64_t) : 0;
+  if (smem > 0) {
+    // The removed-words take up to 48 KiB, the kernel's static shared memory comes on top: past
+    // 48 KiB in all a launch needs the kernel's opt-in.
+    const cudaError_t err = cudaFuncSetAttribute(postprocess_nms_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                 static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
   for (int64_t c0 = 0; c0 < cb; c0 += W) {
     const int64_t c1 = imin(c0 + W, cb);
     const unsigned tw = static_cast<unsigned>(c1 - c0);
     if (c0 > 0) {
-      nms_suppress_kernel<kClasses><<<dim3(static_cast<unsigned>(c0), tw, images), kNmsBlock, 0, stream>>>(
+      FO_LAUNCH(dim3(static_cast<unsigned>(c0), tw, images), kNmsBlock, 0, stream, nms_suppress_kernel<kClasses>)(
           sorted_boxes_f, sorted_labels, M, thr, state.keep, c0, state.removed);
     }
-    nms_mask_kernel<kClasses><<<dim3(tw, tw, images), kNmsBlock, 0, stream>>>(sorted_boxes_f, sorted_labels, M, thr,
+    FO_LAUNCH(dim3(tw, tw, images), kNmsBlock, 0, stream, nms_mask_kernel<kClasses>)(sorted_boxes_f, sorted_labels, M, thr,
                                                                              c0, W, rows, mask);
-    postprocess_nms_kernel<T><<<images, kNmsReduceThreads, smem, stream>>>(mask, sorted_boxes, sorted_scores,
+    FO_LAUNCH(images, kNmsReduceThreads, smem, stream, postprocess_nms_kernel<T>)(mask, sorted_boxes, sorted_scores,
                                                                             sorted_labels, M, D, c0, c1, W, rows,
                                                                             state, out_boxes, out_scores, out_labels,
                                                                             counts);

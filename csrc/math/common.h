@@ -26,11 +26,22 @@
 #define FO_HD inline
 #endif
 
+// The device branches: nvcc's device pass, or the SIMT emulation build (csrc/emu), which runs
+// them on the host with CUDA's intrinsics emulated.
+#if defined(__CUDA_ARCH__) || defined(FOCALOPS_EMULATE)
+#define FO_DEVICE_CODE 1
+#else
+#define FO_DEVICE_CODE 0
+#endif
+#if defined(FOCALOPS_EMULATE)
+#include "emu/simt.h"
+#endif
+
 namespace focalops {
 namespace math {
 
 FO_HD float int_bits_to_float(int32_t i) {
-#if defined(__CUDA_ARCH__)
+#if FO_DEVICE_CODE
   return __int_as_float(i);
 #else
   float f;
@@ -40,7 +51,7 @@ FO_HD float int_bits_to_float(int32_t i) {
 }
 
 FO_HD int32_t float_to_int_bits(float f) {
-#if defined(__CUDA_ARCH__)
+#if FO_DEVICE_CODE
   return __float_as_int(f);
 #else
   int32_t i;
@@ -65,7 +76,7 @@ struct Lanes<float> {
   static FO_HD float min_lt(float a, float b) { return a < b ? a : b; }
   static FO_HD float max_gt(float a, float b) { return a > b ? a : b; }
   static FO_HD float fmadd(float a, float b, float c) {
-#if defined(__CUDA_ARCH__)
+#if FO_DEVICE_CODE
     return __fmaf_rn(a, b, c);
 #elif defined(__FMA__) || defined(__ARM_FEATURE_FMA)
     return std::fma(a, b, c);
@@ -97,14 +108,14 @@ FO_HD double exp_(double x) { return ::exp(x); }
 // Products that the compiler may not fuse into an FMA with a following add (nvcc contracts by
 // default; the host build passes -ffp-contract=off): IoU must round identically on CPU and CUDA.
 FO_HD float mul_rn(float a, float b) {
-#if defined(__CUDA_ARCH__)
+#if FO_DEVICE_CODE
   return __fmul_rn(a, b);
 #else
   return a * b;
 #endif
 }
 FO_HD double mul_rn(double a, double b) {
-#if defined(__CUDA_ARCH__)
+#if FO_DEVICE_CODE
   return __dmul_rn(a, b);
 #else
   return a * b;
@@ -168,7 +179,7 @@ FO_HD V exp_nonpos_poly(V x) {
 }
 
 FO_HD float exp_nonpos(float x) {
-#if defined(__CUDA_ARCH__)
+#if FO_DEVICE_CODE
   return expf(x);
 #else
   return exp_nonpos_poly(x);
@@ -211,7 +222,7 @@ FO_HD void sigmoid_log1p(V e, V& d, V& l) {
 // reduction plus ex2.approx, 2 ulp, while __expf's error grows to ~100 ulp near -87.) The
 // host code is the template above, unchanged.
 FO_HD void sigmoid_log1p(float e, float& d, float& l) {
-#if defined(__CUDA_ARCH__)
+#if FO_DEVICE_CODE
   const float one_e = 1.f + e;
   const float two_e = 2.f + e;
   const float r = __fdividef(1.f, one_e * two_e);
@@ -296,7 +307,7 @@ FO_HD V log_poly(V x) {
 }
 
 FO_HD float log_unit(float x) {
-#if defined(__CUDA_ARCH__)
+#if FO_DEVICE_CODE
   return logf(x);
 #else
   return log_unit_poly(x);

@@ -18,7 +18,7 @@ namespace focalops {
 namespace math {
 
 FO_HD uint32_t umulhi32(uint32_t a, uint32_t b) {
-#if defined(__CUDA_ARCH__)
+#if FO_DEVICE_CODE
   return __umulhi(a, b);
 #else
   return static_cast<uint32_t>((static_cast<uint64_t>(a) * b) >> 32);
