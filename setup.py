@@ -17,7 +17,8 @@ Environment:
   FOCALOPS_CUDA_EMULATE=1  also build focalops._C_emu: the CUDA launchers and kernels (csrc/cuda) as
                          host C++ on the SIMT emulator (csrc/emu), for the tests on machines without a
                          GPU (`make build` sets it; installs for use leave it off)
-  FOCALOPS_EMULATE_TSAN=1  build focalops._C_emu (only) with ThreadSanitizer (`make tsan`)
+  FOCALOPS_EMULATE_TSAN=1  build only focalops._C_emu, with ThreadSanitizer (`make tsan`, which
+                         puts the tree's own focalops._C beside it)
 """
 
 import glob
@@ -241,6 +242,8 @@ def _extension():
             os.environ.get("MAX_JOBS", "auto"),
         )
     )
+    if _flag("FOCALOPS_EMULATE_TSAN"):  # the emulated kernels alone (`make tsan` takes the tree's _C)
+        return [_emulation_extension(cxx, link)]
     return [ext, _emulation_extension(cxx, link)] if emulate else [ext]
 
 
