@@ -5,7 +5,7 @@ the CLI prints it as is: ``ConfigError`` exits with code 2 (a usage error), ``Da
 ``CheckpointError`` with code 1 (bad input data).
 """
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "OpTypeError", "OpValueError", "one_line"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "OpIndexError", "OpTypeError", "OpValueError", "one_line"]
 
 
 class OpValueError(ValueError, RuntimeError):
@@ -16,6 +16,11 @@ class OpValueError(ValueError, RuntimeError):
 
 class OpTypeError(TypeError, RuntimeError):
     """A bad argument type or dtype of an op; also a ``RuntimeError``, as :class:`OpValueError`."""
+
+
+class OpIndexError(IndexError, RuntimeError):
+    """A class label outside ``[0, num_classes)`` where torchvision fails with an ``IndexError``
+    (an accelerated RetinaNet's targets); also a ``RuntimeError``."""
 
 
 class ConfigError(ValueError):

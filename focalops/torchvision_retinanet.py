@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 import focalops
+from focalops.errors import OpIndexError
 
 _CACHE_SIZE = 8
 _CACHE_ATTR = "_focalops_anchor_cache"
@@ -39,11 +40,26 @@ def _padded_targets(targets: List[Dict[str, Tensor]], device) -> Tuple[Tensor, T
     return gt_boxes, gt_labels, counts.to(device, non_blocking=True)
 
 
+def _check_labels(targets: List[Dict[str, Tensor]], num_classes: int) -> None:
+    """Labels outside ``[0, num_classes)`` raise what torchvision's loss raises for them (an
+    ``IndexError``), naming the image. Checked where the labels are on the CPU; on a GPU the
+    check would cost a synchronisation, and the focal loss kernel's device-side assertion stops
+    the step instead (as torchvision's indexing does there)."""
+    for i, target in enumerate(targets):
+        labels = target["labels"]
+        if labels.device.type == "cpu" and labels.numel() > 0:
+            low, high = int(labels.min()), int(labels.max())
+            if low < 0 or high >= num_classes:
+                bad = low if low < 0 else high
+                raise OpIndexError(f"targets[{i}]['labels'] holds {bad}, outside [0, {num_classes}) (num_classes)")
+
+
 def _compute_loss(self, targets: List[Dict[str, Tensor]], head_outputs: Dict[str, Tensor], anchors: List[Tensor]):
     """torchvision's ``RetinaNet.compute_loss`` on one batched ``assign`` and ``retinanet_targets``
     and the class-index focal loss: the same losses, normalised per image by its foreground
     count and averaged over the images, as torchvision."""
     cls_logits, box_deltas = head_outputs["cls_logits"], head_outputs["bbox_regression"]
+    _check_labels(targets, cls_logits.shape[-1])
     anchors0 = anchors[0]  # one padded batch: every image has the same anchors
     gt_boxes, gt_labels, counts = _padded_targets(targets, anchors0.device)
     matcher = self.proposal_matcher

@@ -247,8 +247,9 @@ def decode_boxes(
     fused backward kernel); anchors are constants.
 
     Args:
-        deltas (Tensor[..., 4]): ``(dx, dy, dw, dh)``, float32 / float64 / float16 / bfloat16
-            (half types computed in float32).
+        deltas (Tensor[..., 4] or Tensor[..., 4K]): ``(dx, dy, dw, dh)``, float32 / float64 /
+            float16 / bfloat16 (half types computed in float32); ``K`` deltas per anchor (one per
+            class, ``BoxCoder.decode_single``'s ``[N, 4K]``) give ``K`` boxes per anchor, ``[..., 4K]``.
         anchors (Tensor[..., 4]): reference boxes, broadcastable with ``deltas``.
         weights (sequence of 4 floats): ``(wx, wy, ww, wh)``. Default (1, 1, 1, 1).
         clamp (float): upper bound of ``dw`` and ``dh`` (``inf``: none); not NaN. Default
@@ -263,6 +264,12 @@ def decode_boxes(
             devices, bad weights, a NaN ``clamp``, or ``anchors.requires_grad`` (no gradient for
             anchors).
     """
+    if isinstance(deltas, Tensor) and isinstance(anchors, Tensor) and deltas.dim() >= 1 and anchors.dim() >= 1:
+        k = deltas.shape[-1] // 4
+        if k > 1 and deltas.shape[-1] == 4 * k and anchors.shape[-1] == 4:
+            # BoxCoder.decode_single's multi-class deltas [..., 4K] against anchors [..., 4]
+            boxes = decode_boxes(deltas.unflatten(-1, (k, 4)), anchors.unsqueeze(-2), weights, clamp)
+            return boxes.flatten(-2)
     _check_boxes("deltas", "decode_boxes", deltas)
     _check_boxes("anchors", "decode_boxes", anchors)
     w = _check_weights("decode_boxes", weights)
