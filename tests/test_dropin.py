@@ -293,6 +293,17 @@ def test_focal_loss_type_promotion():
         torch.testing.assert_close(got, want, rtol=rtol, atol=0)
 
 
+def test_nms_threshold_tie_is_torchvision():
+    # torchvision compares the float32 IoU with the threshold as a double: an IoU of exactly 3/10
+    # (0.30000001 in float32) is above 0.3 and suppressed.
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 1.0], [0.0, 0.0, 3.0, 1.0], [20.0, 0.0, 30.0, 1.0], [20.0, 0.0, 23.0, 1.0]])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    idxs = torch.tensor([0, 0, 1, 1])
+    assert focalops.nms(boxes, scores, 0.3).tolist() == tv_ops.nms(boxes, scores, 0.3).tolist() == [0, 2]
+    assert torch.equal(focalops.batched_nms(boxes, scores, idxs, 0.3), tv_ops.batched_nms(boxes, scores, idxs, 0.3))
+    assert _script(focalops.nms)(boxes, scores, 0.3).tolist() == [0, 2]
+
+
 def test_nms_threshold_above_one_keeps_every_box():
     boxes = _boxes(10, 3)
     boxes[1] = boxes[0]  # identical boxes: IoU exactly 1
@@ -307,7 +318,8 @@ def test_batched_nms_float_and_bool_idxs():
     boxes = _boxes(40, 4, integer=True).float()
     g = torch.Generator().manual_seed(4)
     scores = torch.rand(40, generator=g)
-    for idxs in (torch.randint(0, 3, (40,), generator=g).float() * 0.5, torch.randint(0, 2, (40,), generator=g).bool()):
+    # whole-number float categories (torchvision's offsets mix the categories of non-integral ones)
+    for idxs in (torch.randint(0, 3, (40,), generator=g).float(), torch.randint(0, 2, (40,), generator=g).bool()):
         assert torch.equal(focalops.batched_nms(boxes, scores, idxs, 0.3), tv_ops.batched_nms(boxes, scores, idxs, 0.3))
 
 

@@ -1,5 +1,6 @@
 """Non-maximum suppression and fused RetinaNet post-processing."""
 
+import math
 from numbers import Real
 from typing import List, Tuple
 
@@ -31,6 +32,24 @@ def _check_boxes_scores(op: str, boxes, scores, iou_threshold) -> None:
     # passed on as 1. A negative one, which would suppress every box but the best, is refused.
     if not isinstance(iou_threshold, Real) or not iou_threshold >= 0:
         raise OpValueError(f"{op}: iou_threshold must be a number >= 0, got {iou_threshold!r}")
+
+
+def _iou_threshold(threshold: float) -> float:
+    """The threshold for the kernels' float32 test ``iou > t`` that keeps torchvision's test, which
+    compares the float32 IoU with the threshold as a double: ``threshold`` (capped at 1: an IoU
+    is at most 1) rounded down to a float32. At 0.3, an IoU of exactly 3/10 (0.3 in float32 is
+    0.30000001) is then above the threshold, as torchvision has it."""
+    threshold = min(float(threshold), 1.0)
+    if threshold <= 0.0:
+        return threshold
+    if torch.jit.is_scripting():
+        t = torch.tensor(threshold, dtype=torch.float32)
+        if t.item() > threshold:
+            t = torch.nextafter(t, torch.zeros_like(t))
+        return t.item()
+    else:
+        mantissa, exponent = math.frexp(threshold)  # 24 bits of mantissa, rounded towards 0
+        return math.ldexp(math.floor(math.ldexp(mantissa, 24)), exponent - 24)
 
 
 def _dequantized(t: Tensor) -> Tensor:
@@ -74,7 +93,7 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     boxes, scores = _dequantized(boxes), _dequantized(scores)
     if not torch.jit.is_scripting():
         _check_boxes_scores("nms", boxes, scores, iou_threshold)
-    return torch.ops.focalops.nms(boxes, scores, min(float(iou_threshold), 1.0))
+    return torch.ops.focalops.nms(boxes, scores, _iou_threshold(iou_threshold))
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
@@ -107,7 +126,7 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         _check_idxs(boxes, idxs)
     if idxs.is_floating_point() or idxs.dtype == torch.bool:
         idxs = torch.unique(idxs, return_inverse=True)[1]
-    return torch.ops.focalops.batched_nms(boxes, scores, idxs.long(), min(float(iou_threshold), 1.0))
+    return torch.ops.focalops.batched_nms(boxes, scores, idxs.long(), _iou_threshold(iou_threshold))
 
 
 def _check_idxs(boxes: Tensor, idxs) -> None:
@@ -202,7 +221,7 @@ def postprocess(
         image_sizes.to(dtype),
         min(float(score_thresh), 1.0),
         topk_candidates,
-        min(float(nms_thresh), 1.0),
+        _iou_threshold(nms_thresh),
         detections_per_img,
     )
 
