@@ -90,6 +90,9 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
             a NaN box suppresses nothing and is never suppressed). Under TorchScript every
             check is the op's own and raises ``RuntimeError``, as torchvision's.
     """
+    if not torch.jit.is_scripting():
+        _check_tensor("nms", "boxes", boxes, floating=False)
+        _check_tensor("nms", "scores", scores, floating=False)
     boxes, scores = _dequantized(boxes), _dequantized(scores)
     if not torch.jit.is_scripting():
         _check_boxes_scores("nms", boxes, scores, iou_threshold)
