@@ -5,7 +5,22 @@ the CLI prints it as is: ``ConfigError`` exits with code 2 (a usage error), ``Da
 ``CheckpointError`` with code 1 (bad input data).
 """
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "one_line"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "OpIndexError", "OpTypeError", "OpValueError", "one_line"]
+
+
+class OpValueError(ValueError, RuntimeError):
+    """A bad argument value of an op (a shape, a device, a threshold). It is also a
+    ``RuntimeError``: torchvision's ops (whose drop-ins these are) raise ``RuntimeError`` for the
+    same mistakes, so ``except RuntimeError`` written for torchvision still catches it."""
+
+
+class OpTypeError(TypeError, RuntimeError):
+    """A bad argument type or dtype of an op; also a ``RuntimeError``, as :class:`OpValueError`."""
+
+
+class OpIndexError(IndexError, RuntimeError):
+    """A class label outside ``[0, num_classes)`` where torchvision fails with an ``IndexError``
+    (an accelerated RetinaNet's targets); also a ``RuntimeError``."""
 
 
 class ConfigError(ValueError):

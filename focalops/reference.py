@@ -193,7 +193,8 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         keep.append(i)
         if i + 1 < n:
             iou = box_iou(boxes[i : i + 1].float(), boxes[i + 1 :].float())[0]
-            suppressed[i + 1 :] |= (iou > iou_threshold) & (idxs[i + 1 :] == idxs[i])
+            # torchvision's kernel compares the float32 IoU with the threshold as a double
+            suppressed[i + 1 :] |= (iou.double() > iou_threshold) & (idxs[i + 1 :] == idxs[i])
     return order[torch.tensor(keep, dtype=torch.int64, device=boxes.device)]
 
 

@@ -1,6 +1,17 @@
-"""torchvision's RetinaNet on focalops' ops, in place: ``focalops.accelerate(model)``."""
+"""torchvision's RetinaNet on focalops' ops, in place: ``focalops.accelerate(model)``.
+
+The model (and its anchor generator, when it is torchvision's ``AnchorGenerator``) changes class
+in place to a subclass that overrides ``compute_loss`` and ``postprocess_detections`` (and
+caches the anchors): every attribute, method and module stays where it was, ``isinstance``
+holds, TorchScript compiles the subclass's methods, and pickling goes through
+``__reduce_ex__`` to module-level functions that rebuild the accelerated object (pickle,
+``copy.deepcopy``, ``torch.save`` of the whole model). ``undo`` restores the original class.
+The subclasses are created once per original class (torchvision is imported only by
+``accelerate``).
+"""
 
 import contextlib
+import functools
 import types
 from collections import OrderedDict
 from typing import Dict, List, Tuple
@@ -9,9 +20,10 @@ import torch
 from torch import Tensor, nn
 
 import focalops
+from focalops.errors import OpIndexError
 
-_PATCHED = ("compute_loss", "postprocess_detections")
 _CACHE_SIZE = 8
+_CACHE_ATTR = "_focalops_anchor_cache"
 
 
 def _padded_targets(targets: List[Dict[str, Tensor]], device) -> Tuple[Tensor, Tensor, Tensor]:
@@ -28,11 +40,26 @@ def _padded_targets(targets: List[Dict[str, Tensor]], device) -> Tuple[Tensor, T
     return gt_boxes, gt_labels, counts.to(device, non_blocking=True)
 
 
+def _check_labels(targets: List[Dict[str, Tensor]], num_classes: int) -> None:
+    """Labels outside ``[0, num_classes)`` raise what torchvision's loss raises for them (an
+    ``IndexError``), naming the image. Checked where the labels are on the CPU; on a GPU the
+    check would cost a synchronisation, and the focal loss kernel's device-side assertion stops
+    the step instead (as torchvision's indexing does there)."""
+    for i, target in enumerate(targets):
+        labels = target["labels"]
+        if labels.device.type == "cpu" and labels.numel() > 0:
+            low, high = int(labels.min()), int(labels.max())
+            if low < 0 or high >= num_classes:
+                bad = low if low < 0 else high
+                raise OpIndexError(f"targets[{i}]['labels'] holds {bad}, outside [0, {num_classes}) (num_classes)")
+
+
 def _compute_loss(self, targets: List[Dict[str, Tensor]], head_outputs: Dict[str, Tensor], anchors: List[Tensor]):
     """torchvision's ``RetinaNet.compute_loss`` on one batched ``assign`` and ``retinanet_targets``
     and the class-index focal loss: the same losses, normalised per image by its foreground
     count and averaged over the images, as torchvision."""
     cls_logits, box_deltas = head_outputs["cls_logits"], head_outputs["bbox_regression"]
+    _check_labels(targets, cls_logits.shape[-1])
     anchors0 = anchors[0]  # one padded batch: every image has the same anchors
     gt_boxes, gt_labels, counts = _padded_targets(targets, anchors0.device)
     matcher = self.proposal_matcher
@@ -60,72 +87,209 @@ def _compute_loss(self, targets: List[Dict[str, Tensor]], head_outputs: Dict[str
     return {"classification": cls_loss.sum() / n, "bbox_regression": box_loss.sum() / n}
 
 
-def _postprocess_detections(self, head_outputs: Dict[str, List[Tensor]], anchors: List[List[Tensor]], image_shapes):
+def _postprocess_detections(
+    head_outputs: Dict[str, List[Tensor]],
+    anchors: List[List[Tensor]],
+    image_shapes: List[Tuple[int, int]],
+    score_thresh: float,
+    topk_candidates: int,
+    nms_thresh: float,
+    detections_per_img: int,
+) -> List[Dict[str, Tensor]]:
     """torchvision's ``RetinaNet.postprocess_detections`` as one batched ``focalops.postprocess``."""
+    detections: List[Dict[str, Tensor]] = []
+    if len(image_shapes) == 0:
+        return detections
     level_sizes = [t.shape[1] for t in head_outputs["cls_logits"]]
     cls_logits = torch.cat(head_outputs["cls_logits"], dim=1)
     box_deltas = torch.cat(head_outputs["bbox_regression"], dim=1)
     math_dtype = torch.float64 if cls_logits.dtype == torch.float64 else torch.float32
     anchors0 = torch.cat(anchors[0]).to(math_dtype)
-    image_sizes = torch.tensor(image_shapes, dtype=math_dtype).to(cls_logits.device, non_blocking=True)
+    sizes = [[float(h), float(w)] for h, w in image_shapes]
+    image_sizes = torch.tensor(sizes, dtype=math_dtype).to(cls_logits.device, non_blocking=True)
     boxes, scores, labels, counts = focalops.postprocess(
         cls_logits,
         box_deltas.to(math_dtype),
         anchors0,
         level_sizes,
         image_sizes,
-        score_thresh=self.score_thresh,
-        topk_candidates=self.topk_candidates,
-        nms_thresh=self.nms_thresh,
-        detections_per_img=self.detections_per_img,
+        score_thresh,
+        topk_candidates,
+        nms_thresh,
+        detections_per_img,
     )
-    return [
-        {"boxes": b[:n], "scores": s[:n], "labels": lab[:n]}
-        for b, s, lab, n in zip(boxes, scores, labels, counts.tolist())
-    ]
+    counts_list: List[int] = counts.tolist()
+    for i, n in enumerate(counts_list):
+        detections.append({"boxes": boxes[i, :n], "scores": scores[i, :n], "labels": labels[i, :n]})
+    return detections
 
 
-class _CachedAnchors(nn.Module):
-    """torchvision's anchor generator, remembered per (batch size, padded size, feature sizes,
-    device, dtype) on the device: its anchors are recomputed from Python lists every step."""
+def _requires_grad(tensors: List[Tensor]) -> bool:
+    for t in tensors:
+        if t.requires_grad:
+            return True
+    return False
 
-    def __init__(self, generator: nn.Module):
-        super().__init__()
-        self.generator = generator
-        self._cache: OrderedDict[tuple, List[Tensor]] = OrderedDict()
 
-    def forward(self, image_list, feature_maps: List[Tensor]) -> List[Tensor]:
-        key = (
-            len(image_list.image_sizes),
-            tuple(image_list.tensors.shape[-2:]),
-            tuple(tuple(f.shape[-2:]) for f in feature_maps),
-            feature_maps[0].device,
-            feature_maps[0].dtype,
+class _AcceleratedRetinaNet(nn.Module):
+    """The methods an accelerated torchvision ``RetinaNet`` overrides (a mixin placed before
+    the model's own class). ``_torchvision_compute_loss`` and ``_torchvision_postprocess_detections``
+    are the original class's methods, set per subclass."""
+
+    def compute_loss(
+        self, targets: List[Dict[str, Tensor]], head_outputs: Dict[str, Tensor], anchors: List[Tensor]
+    ) -> Dict[str, Tensor]:
+        if torch.jit.is_scripting():
+            # A scripted model trains with torchvision's loss (focalops' batched target building
+            # is eager Python); its inference runs on focalops.postprocess.
+            return self._torchvision_compute_loss(targets, head_outputs, anchors)
+        else:
+            return _compute_loss(self, targets, head_outputs, anchors)
+
+    def postprocess_detections(
+        self,
+        head_outputs: Dict[str, List[Tensor]],
+        anchors: List[List[Tensor]],
+        image_shapes: List[Tuple[int, int]],
+    ) -> List[Dict[str, Tensor]]:
+        if torch.is_grad_enabled() and (
+            _requires_grad(head_outputs["cls_logits"]) or _requires_grad(head_outputs["bbox_regression"])
+        ):
+            # focalops.postprocess has no gradient: where the scores and boxes must carry one
+            # (eval mode with autograd on), torchvision's own differentiable path runs instead.
+            return self._torchvision_postprocess_detections(head_outputs, anchors, image_shapes)
+        return _postprocess_detections(
+            head_outputs,
+            anchors,
+            image_shapes,
+            self.score_thresh,
+            self.topk_candidates,
+            self.nms_thresh,
+            self.detections_per_img,
         )
-        if key not in self._cache:
-            self._cache[key] = self.generator(image_list, feature_maps)
-            if len(self._cache) > _CACHE_SIZE:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(key)
-        return list(self._cache[key])
+
+    def __reduce_ex__(self, protocol):
+        # Rebuilt through a module-level function (the subclass is made at run time), so that
+        # pickle, deepcopy and torch.save give back an accelerated model.
+        return _new_accelerated, (self._focalops_base,), self.__dict__.copy()
+
+
+def _new_accelerated(base: type) -> nn.Module:
+    """An empty instance of the accelerated subclass of ``base`` (unpickling fills its state)."""
+    cls = _subclass(_AcceleratedRetinaNet, base)
+    return cls.__new__(cls)
+
+
+def _new_cached_anchors(base: type) -> nn.Module:
+    cls = _subclass(_anchor_mixin(), base)
+    return cls.__new__(cls)
+
+
+@functools.cache
+def _subclass(mixin: type, base: type) -> type:
+    """The subclass of ``base`` with ``mixin``'s overrides, one per (mixin, base)."""
+    if mixin is _AcceleratedRetinaNet:
+        attrs = {
+            "_torchvision_compute_loss": _renamed(base.compute_loss, "_torchvision_compute_loss"),
+            "_torchvision_postprocess_detections": _renamed(
+                base.postprocess_detections, "_torchvision_postprocess_detections"
+            ),
+        }
+    else:
+        attrs = {"_uncached_forward": _renamed(base.forward, "_uncached_forward")}
+    attrs.update(_focalops_base=base, __module__=__name__, __doc__=base.__doc__)
+    return type(f"Accelerated{base.__name__}", (mixin, base), attrs)
+
+
+def _renamed(fn, name: str):
+    """``fn`` under another name: the original class's method kept beside the override. TorchScript
+    compiles a method called from another under the function's ``__name__``, which must not be
+    the override's."""
+    copy = types.FunctionType(fn.__code__, fn.__globals__, name, fn.__defaults__, fn.__closure__)
+    copy.__annotations__ = dict(fn.__annotations__)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    copy.__qualname__ = fn.__qualname__.rsplit(".", 1)[0] + "." + name
+    return copy
+
+
+@functools.cache
+def _anchor_mixin() -> type:
+    """The mixin of a cached ``AnchorGenerator`` (made on first use: its ``forward`` signature
+    names torchvision's ``ImageList``, for TorchScript)."""
+    # A module global, not a local: TorchScript resolves the annotation through the globals.
+    global ImageList
+    from torchvision.models.detection.image_list import ImageList
+
+    class _CachedAnchors(nn.Module):
+        """torchvision's ``AnchorGenerator``, remembering its anchors on the device for the
+        last few inputs. The key holds everything they depend on: the batch size, the padded
+        image size, the feature sizes, device and dtype, the generator's ``sizes`` and
+        ``aspect_ratios``, and its ``cell_anchors`` (the tensors themselves and their version
+        counters: replacing them or changing them in place is a new key)."""
+
+        __jit_ignored_attributes__ = [_CACHE_ATTR]  # eager only: TorchScript's forward is uncached
+
+        def forward(self, image_list: ImageList, feature_maps: List[Tensor]) -> List[Tensor]:
+            if torch.jit.is_scripting():
+                return self._uncached_forward(image_list, feature_maps)
+            else:
+                return _cached_anchors(self, image_list, feature_maps)
+
+        def __reduce_ex__(self, protocol):
+            state = {k: v for k, v in self.__dict__.items() if k != _CACHE_ATTR}
+            return _new_cached_anchors, (self._focalops_base,), state
+
+    return _CachedAnchors
+
+
+def _cached_anchors(gen: nn.Module, image_list, feature_maps: List[Tensor]) -> List[Tensor]:
+    if torch.compiler.is_compiling():
+        return gen._uncached_forward(image_list, feature_maps)
+    cells = tuple(gen.cell_anchors)
+    key = (
+        len(image_list.image_sizes),
+        tuple(image_list.tensors.shape[-2:]),
+        tuple(tuple(f.shape[-2:]) for f in feature_maps),
+        feature_maps[0].device,
+        feature_maps[0].dtype,
+        repr(gen.sizes),
+        repr(gen.aspect_ratios),
+        tuple((id(c), c._version) for c in cells),
+    )
+    cache = gen.__dict__.setdefault(_CACHE_ATTR, OrderedDict())
+    hit = cache.get(key)
+    if hit is None or any(a is not b for a, b in zip(hit[0], cells)):  # an id reused by a new tensor
+        hit = (cells, gen._uncached_forward(image_list, feature_maps))
+        cache[key] = hit
+        if len(cache) > _CACHE_SIZE:
+            cache.popitem(last=False)
+    cache.move_to_end(key)
+    return list(hit[1])
 
 
 def accelerate(model: nn.Module, undo: bool = False) -> nn.Module:
     """Puts a torchvision ``RetinaNet`` (any backbone) on focalops' ops, in place.
 
-    Replaces, on this instance only and with torchvision's signatures:
-    ``compute_loss`` (one batched ``assign`` + ``retinanet_targets``, the class-index focal loss
-    and the L1 box loss; per-image normalisation by the foreground count, as torchvision),
-    ``postprocess_detections`` (one batched ``postprocess`` for all images and levels) and the
-    anchor generator (cached on the device). Losses, gradients and detections are torchvision's
-    (to float tolerance; one documented difference: a ground-truth box that overlaps no anchor
-    at all makes no low-quality matches, where torchvision's Matcher would match it to anchors
-    at IoU 0). Works in train and eval mode, under autocast and ``torch.compile``.
+    The model changes class, in place, to a subclass of its own class (``AcceleratedRetinaNet``)
+    whose ``compute_loss`` (one batched ``assign`` + ``retinanet_targets``, the class-index focal
+    loss and the L1 box loss; per-image normalisation by the foreground count, as torchvision)
+    and ``postprocess_detections`` (one batched ``postprocess`` for all images and levels) run on
+    focalops, with torchvision's signatures; a torchvision ``AnchorGenerator`` likewise becomes a
+    subclass that caches its anchors on the device (keyed on everything they depend on; its
+    interface is unchanged). Losses, gradients and detections are torchvision's (to float
+    tolerance; one documented difference: a ground-truth box that overlaps no anchor at all makes
+    no low-quality matches, where torchvision's Matcher would match it to anchors at IoU 0).
+    Works in train and eval mode, under autocast and ``torch.compile``. Where the head outputs
+    require grad in ``postprocess_detections`` (eval mode with autograd on), torchvision's own
+    differentiable post-processing runs, so the scores and boxes carry its gradient. The model
+    scripts (``torch.jit.script``: its inference runs on ``focalops.postprocess``, its training
+    on torchvision's loss) and survives ``pickle``, ``copy.deepcopy``, ``torch.save`` /
+    ``torch.load`` and ``state_dict`` round trips, still accelerated.
 
     Args:
         model: a ``torchvision.models.detection.RetinaNet`` with an L1 box loss (the v1 model;
             v2's GIoU loss is not accelerated).
-        undo (bool): restore torchvision's own methods instead. Default False.
+        undo (bool): restore the original classes instead. Default False.
 
     Returns:
         The same model object.
@@ -135,22 +299,26 @@ def accelerate(model: nn.Module, undo: bool = False) -> nn.Module:
         ValueError: its box loss is not L1.
     """
     from torchvision.models.detection import RetinaNet as TorchvisionRetinaNet
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
 
     if not isinstance(model, TorchvisionRetinaNet):
         raise TypeError(f"focalops.accelerate: expected a torchvision RetinaNet, got {type(model).__name__}")
+    gen = model.anchor_generator
     if undo:
-        for name in _PATCHED:
-            model.__dict__.pop(name, None)
-        if isinstance(model.anchor_generator, _CachedAnchors):
-            model.anchor_generator = model.anchor_generator.generator
+        if isinstance(model, _AcceleratedRetinaNet):
+            model.__class__ = model._focalops_base
+        if isinstance(gen, _anchor_mixin()):
+            gen.__class__ = gen._focalops_base
+            gen.__dict__.pop(_CACHE_ATTR, None)
         return model
     loss_type = getattr(model.head.regression_head, "_loss_type", "l1")
     if loss_type != "l1":
         raise ValueError(f"focalops.accelerate: box loss {loss_type!r} is not supported (only 'l1')")
-    model.compute_loss = types.MethodType(_compute_loss, model)
-    model.postprocess_detections = types.MethodType(_postprocess_detections, model)
-    if not isinstance(model.anchor_generator, _CachedAnchors):
-        model.anchor_generator = _CachedAnchors(model.anchor_generator)
+    if not isinstance(model, _AcceleratedRetinaNet):
+        model.__class__ = _subclass(_AcceleratedRetinaNet, type(model))
+    # Only torchvision's own generator is cached: a subclass's anchors may depend on more.
+    if type(gen) is AnchorGenerator:
+        gen.__class__ = _subclass(_anchor_mixin(), type(gen))
     return model
 
 

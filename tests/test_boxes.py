@@ -44,10 +44,8 @@ def test_box_iou_half(device, dtype):
     g = torch.Generator().manual_seed(0)
     b1, b2 = random_boxes(8, g, device=device), random_boxes(9, g, device=device)
     out = focalops.box_iou(b1.to(dtype), b2.to(dtype))
-    assert out.dtype == dtype
-    torch.testing.assert_close(
-        out.float(), reference.box_iou(b1.to(dtype).float(), b2.to(dtype).float()), atol=1e-2, rtol=1e-2
-    )
+    assert out.dtype == torch.float32  # as torchvision: half boxes give float32 IoUs
+    torch.testing.assert_close(out, reference.box_iou(b1.to(dtype).float(), b2.to(dtype).float()))
 
 
 def test_box_iou_empty(device):
@@ -60,8 +58,8 @@ def test_box_iou_empty(device):
 def test_box_iou_bad_input():
     with pytest.raises(ValueError, match=r"boxes1 must have shape \[N, 4\]"):
         focalops.box_iou(torch.zeros(3, 5), torch.zeros(2, 4))
-    with pytest.raises(TypeError, match="boxes2 must be float32"):
-        focalops.box_iou(torch.zeros(3, 4), torch.zeros(2, 4, dtype=torch.int64))
+    with pytest.raises(TypeError, match="boxes2 must be a real floating or integer tensor"):
+        focalops.box_iou(torch.zeros(3, 4), torch.zeros(2, 4, dtype=torch.bool))
     with pytest.raises(RuntimeError, match="boxes2 must be"):
         torch.ops.focalops.box_iou(torch.zeros(3, 4), torch.zeros(2, 3))
 

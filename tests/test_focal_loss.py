@@ -460,8 +460,6 @@ def test_bad_inputs():
         f(x, torch.zeros(5, dtype=torch.long))
     with pytest.raises(ValueError, match="class indices of shape"):
         f(x, torch.zeros(4, 3, dtype=torch.long))
-    with pytest.raises(ValueError, match="requires_grad"):
-        f(x, torch.rand(4, 3, requires_grad=True))
     with pytest.raises(ValueError, match="normalizer"):
         f(x, labels, reduction="sum", normalizer=0)
     with pytest.raises(ValueError, match="normalizer"):

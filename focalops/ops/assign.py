@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from focalops import _extension  # noqa: F401  (registers torch.ops.focalops)
+from focalops.errors import OpTypeError, OpValueError
 from focalops.ops import FLOATS
 from focalops.ops.boxes import _check_weights
 
@@ -57,25 +58,27 @@ def assign(
     """
     for name, t in (("anchors", anchors), ("gt_boxes", gt_boxes), ("gt_counts", gt_counts)):
         if not isinstance(t, Tensor):
-            raise TypeError(f"assign: {name} must be a Tensor, got {type(t).__name__}")
+            raise OpTypeError(f"assign: {name} must be a Tensor, got {type(t).__name__}")
     for name, t in (("anchors", anchors), ("gt_boxes", gt_boxes)):
         if t.dtype not in FLOATS:
-            raise TypeError(f"assign: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
+            raise OpTypeError(f"assign: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
     if gt_counts.dtype.is_floating_point or gt_counts.dtype.is_complex or gt_counts.dtype == torch.bool:
-        raise TypeError(f"assign: gt_counts must be an integer tensor, got {gt_counts.dtype}")
+        raise OpTypeError(f"assign: gt_counts must be an integer tensor, got {gt_counts.dtype}")
     if anchors.dim() != 2 or anchors.shape[1] != 4:
-        raise ValueError(f"assign: anchors must have shape [A, 4], got {list(anchors.shape)}")
+        raise OpValueError(f"assign: anchors must have shape [A, 4], got {list(anchors.shape)}")
     if gt_boxes.dim() != 3 or gt_boxes.shape[2] != 4:
-        raise ValueError(f"assign: gt_boxes must have shape [B, G, 4], got {list(gt_boxes.shape)}")
+        raise OpValueError(f"assign: gt_boxes must have shape [B, G, 4], got {list(gt_boxes.shape)}")
     if gt_counts.shape != gt_boxes.shape[:1]:
-        raise ValueError(f"assign: gt_counts must have shape [B] = [{gt_boxes.shape[0]}], got {list(gt_counts.shape)}")
+        raise OpValueError(
+            f"assign: gt_counts must have shape [B] = [{gt_boxes.shape[0]}], got {list(gt_counts.shape)}"
+        )
     if not (anchors.device == gt_boxes.device == gt_counts.device):
-        raise ValueError(
+        raise OpValueError(
             f"assign: anchors, gt_boxes and gt_counts must be on one device, got {anchors.device}, "
             f"{gt_boxes.device} and {gt_counts.device}"
         )
     if not isinstance(fg_iou, Real) or not isinstance(bg_iou, Real) or not 0 <= bg_iou <= fg_iou <= 1:
-        raise ValueError(f"assign: need 0 <= bg_iou <= fg_iou <= 1, got fg_iou={fg_iou} and bg_iou={bg_iou}")
+        raise OpValueError(f"assign: need 0 <= bg_iou <= fg_iou <= 1, got fg_iou={fg_iou} and bg_iou={bg_iou}")
     return torch.ops.focalops.assign(
         anchors.detach().float(),
         gt_boxes.detach().float(),
@@ -128,33 +131,33 @@ def retinanet_targets(
         ("anchors", anchors),
     ):
         if not isinstance(t, Tensor):
-            raise TypeError(f"retinanet_targets: {name} must be a Tensor, got {type(t).__name__}")
+            raise OpTypeError(f"retinanet_targets: {name} must be a Tensor, got {type(t).__name__}")
     if matched.dtype != torch.int64:
-        raise TypeError(f"retinanet_targets: matched must be int64, got {matched.dtype}")
+        raise OpTypeError(f"retinanet_targets: matched must be int64, got {matched.dtype}")
     if gt_labels.dtype.is_floating_point or gt_labels.dtype.is_complex or gt_labels.dtype == torch.bool:
-        raise TypeError(f"retinanet_targets: gt_labels must be an integer tensor, got {gt_labels.dtype}")
+        raise OpTypeError(f"retinanet_targets: gt_labels must be an integer tensor, got {gt_labels.dtype}")
     for name, t in (("gt_boxes", gt_boxes), ("anchors", anchors)):
         if t.dtype not in FLOATS:
-            raise TypeError(f"retinanet_targets: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
+            raise OpTypeError(f"retinanet_targets: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
     if matched.dim() != 2:
-        raise ValueError(f"retinanet_targets: matched must have shape [B, A], got {list(matched.shape)}")
+        raise OpValueError(f"retinanet_targets: matched must have shape [B, A], got {list(matched.shape)}")
     B, A = matched.shape
     if anchors.shape != (A, 4):
-        raise ValueError(f"retinanet_targets: anchors must have shape [A, 4] = [{A}, 4], got {list(anchors.shape)}")
+        raise OpValueError(f"retinanet_targets: anchors must have shape [A, 4] = [{A}, 4], got {list(anchors.shape)}")
     if gt_boxes.dim() != 3 or gt_boxes.shape[0] != B or gt_boxes.shape[2] != 4:
-        raise ValueError(
+        raise OpValueError(
             f"retinanet_targets: gt_boxes must have shape [B, G, 4] with B = {B}, got {list(gt_boxes.shape)}"
         )
     if gt_labels.shape != gt_boxes.shape[:2]:
-        raise ValueError(
+        raise OpValueError(
             f"retinanet_targets: gt_labels must have shape [B, G] = {list(gt_boxes.shape[:2])}, "
             f"got {list(gt_labels.shape)}"
         )
     if not (matched.device == gt_boxes.device == gt_labels.device == anchors.device):
-        raise ValueError("retinanet_targets: matched, gt_boxes, gt_labels and anchors must be on one device")
+        raise OpValueError("retinanet_targets: matched, gt_boxes, gt_labels and anchors must be on one device")
     w = _check_weights("retinanet_targets", weights)
     if num_classes is not None and (not isinstance(num_classes, Integral) or num_classes < 0):
-        raise ValueError(f"retinanet_targets: num_classes must be an int >= 0, got {num_classes!r}")
+        raise OpValueError(f"retinanet_targets: num_classes must be an int >= 0, got {num_classes!r}")
     dtype = torch.promote_types(gt_boxes.dtype, anchors.dtype)
     return torch.ops.focalops.retinanet_targets(
         matched,

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from focalops import _extension  # noqa: F401  (registers torch.ops.focalops)
+from focalops.errors import OpTypeError, OpValueError
 from focalops.ops import FLOATS
 
 _DEFAULT_CLAMP = math.log(1000.0 / 16)
@@ -38,17 +39,17 @@ torch.library.register_autograd(
 
 def _check_boxes(name: str, op: str, t, dims=None) -> None:
     if not isinstance(t, Tensor):
-        raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
+        raise OpTypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
     if t.dtype not in FLOATS:
-        raise TypeError(f"{op}: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
+        raise OpTypeError(f"{op}: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
     if t.dim() == 0 or t.shape[-1] != 4 or (dims is not None and t.dim() != dims):
         shape = "[N, 4]" if dims == 2 else "[..., 4]"
-        raise ValueError(f"{op}: {name} must have shape {shape}, got {list(t.shape)}")
+        raise OpValueError(f"{op}: {name} must have shape {shape}, got {list(t.shape)}")
 
 
 def _check_weights(op: str, weights) -> Tuple[float, float, float, float]:
     if len(weights) != 4 or not all(isinstance(w, Real) and w > 0 and math.isfinite(w) for w in weights):
-        raise ValueError(f"{op}: weights must be 4 positive finite numbers (wx, wy, ww, wh), got {tuple(weights)}")
+        raise OpValueError(f"{op}: weights must be 4 positive finite numbers (wx, wy, ww, wh), got {tuple(weights)}")
     return tuple(float(w) for w in weights)
 
 
@@ -57,11 +58,12 @@ def _broadcast_pair(op: str, a: Tensor, b: Tensor, names: Tuple[str, str]) -> Tu
     when b's shape is a suffix of the broadcast shape (the usual deltas [B, A, 4] with anchors
     [A, 4]): then nothing is copied. Otherwise both are expanded to the broadcast shape."""
     if a.device != b.device:
-        raise ValueError(f"{op}: {names[0]} and {names[1]} must be on the same device, got {a.device} and {b.device}")
+        raise OpValueError(f"{op}: {names[0]} and {names[1]} must be on the same device, got {a.device} and {b.device}")
     try:
         shape = torch.broadcast_shapes(a.shape, b.shape)
     except RuntimeError:
-        raise ValueError(f"{op}: {names[0]} {list(a.shape)} and {names[1]} {list(b.shape)} do not broadcast") from None
+        shapes = f"{names[0]} {list(a.shape)} and {names[1]} {list(b.shape)}"
+        raise OpValueError(f"{op}: {shapes} do not broadcast") from None
     dtype = torch.promote_types(a.dtype, b.dtype)
     a, b = a.to(dtype), b.to(dtype)
     if a.shape != shape:
@@ -75,31 +77,133 @@ def _broadcast_pair(op: str, a: Tensor, b: Tensor, names: Tuple[str, str]) -> Tu
     return a, b_rows
 
 
-def box_iou(boxes1: Tensor, boxes2: Tensor) -> Tensor:
-    """Pairwise intersection over union of two sets of ``(x1, y1, x2, y2)`` boxes.
+def _tie_share(a: Tensor, b: Tensor, a_wins: Tensor) -> Tensor:
+    # torch.maximum / torch.minimum's gradient: all to the winner, halves on a tie.
+    return torch.where(a == b, 0.5, a_wins.to(a.dtype))
 
-    torchvision.ops.box_iou semantics, except that a pair with an empty union (two zero-area
-    boxes) gives 0 instead of NaN.
 
-    Args:
-        boxes1 (Tensor[N, 4]): float32, float64, float16 or bfloat16.
-        boxes2 (Tensor[M, 4]): same device; the dtypes are promoted.
+def _box_iou_grad(grad: Tensor, boxes1: Tensor, boxes2: Tensor) -> Tuple[Tensor, Tensor]:
+    """d IoU / d boxes of torchvision's formula (``torch.max`` / ``torch.min`` corners,
+    ``clamp(min=0)`` sides, ``inter / union``) with ATen ops: torchvision's gradient, ties
+    included, and 0 where the union is empty (the forward's 0 in place of torchvision's NaN)."""
+    dtype = boxes1.dtype
+    if dtype not in (torch.float32, torch.float64):
+        grad, boxes1, boxes2 = grad.float(), boxes1.float(), boxes2.float()
+    a = boxes1[:, None, :]  # [N, 1, 4]
+    b = boxes2[None, :, :]  # [1, M, 4]
+    lt = torch.maximum(a[..., :2], b[..., :2])  # [N, M, 2]
+    rb = torch.minimum(a[..., 2:], b[..., 2:])
+    wh = rb - lt
+    whc = wh.clamp(min=0)
+    inter = whc[..., 0] * whc[..., 1]
+    size1 = boxes1[:, 2:] - boxes1[:, :2]  # [N, 2] (w, h)
+    size2 = boxes2[:, 2:] - boxes2[:, :2]
+    union = (size1[:, 0] * size1[:, 1])[:, None] + (size2[:, 0] * size2[:, 1])[None, :] - inter
+    valid = union > 0
+    safe = torch.where(valid, union, torch.ones_like(union))
+    g = torch.where(valid, grad, torch.zeros_like(grad))
+    g_union = -g * inter / (safe * safe)  # [N, M]
+    g_inter = g / safe - g_union  # union = area1 + area2 - inter
+    # inter = w * h with w, h clamped at 0 (no gradient at exactly 0, as torch.clamp)
+    g_wh = g_inter[..., None] * whc.flip(-1) * (wh > 0).to(whc.dtype)  # [N, M, 2]: (d/dw, d/dh)
+    g_lt, g_rb = -g_wh, g_wh
+    # area = w * h of each box: d/d(x1, y1) = -(h, w), d/d(x2, y2) = (h, w)
+    g_area1, g_area2 = g_union.sum(1), g_union.sum(0)
+    d1 = g_area1[:, None] * size1.flip(-1)
+    d2 = g_area2[:, None] * size2.flip(-1)
+    grad1 = torch.cat(
+        [
+            (g_lt * _tie_share(a[..., :2], b[..., :2], a[..., :2] > b[..., :2])).sum(1) - d1,
+            (g_rb * _tie_share(a[..., 2:], b[..., 2:], a[..., 2:] < b[..., 2:])).sum(1) + d1,
+        ],
+        dim=1,
+    )
+    grad2 = torch.cat(
+        [
+            (g_lt * _tie_share(b[..., :2], a[..., :2], b[..., :2] > a[..., :2])).sum(0) - d2,
+            (g_rb * _tie_share(b[..., 2:], a[..., 2:], b[..., 2:] < a[..., 2:])).sum(0) + d2,
+        ],
+        dim=1,
+    )
+    return grad1.to(dtype), grad2.to(dtype)
 
-    Returns:
-        Tensor[N, M]: the IoUs, in the promoted dtype (float16 / bfloat16 computed in float32).
 
-    Raises:
-        TypeError: a non-tensor or an unsupported dtype.
-        ValueError: a shape other than ``[*, 4]`` or different devices.
-    """
-    _check_boxes("boxes1", "box_iou", boxes1, dims=2)
-    _check_boxes("boxes2", "box_iou", boxes2, dims=2)
+def _box_iou_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs)
+
+
+def _box_iou_backward(ctx, grad):
+    boxes1, boxes2 = ctx.saved_tensors
+    return _box_iou_grad(grad, boxes1, boxes2)
+
+
+torch.library.register_autograd("focalops::box_iou", _box_iou_backward, setup_context=_box_iou_setup_context)
+
+_IOU_FORMATS = ("xyxy", "xywh", "cxcywh")
+
+
+def _iou_upcast(t: Tensor) -> Tensor:
+    # torchvision's _upcast: float32 / float64 stay, half types and integers compute in float32
+    # (torchvision keeps int32 / int64 differences exact, then divides into float32).
+    return t if t.dtype == torch.float32 or t.dtype == torch.float64 else t.float()
+
+
+def _to_xyxy(boxes: Tensor, fmt: str) -> Tensor:
+    if fmt == "xywh":
+        return torch.cat([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], dim=1)
+    if fmt == "cxcywh":
+        return torch.cat([boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2], dim=1)
+    return boxes
+
+
+def _check_iou_args(boxes1, boxes2, fmt) -> None:
+    for name, t in (("boxes1", boxes1), ("boxes2", boxes2)):
+        if not isinstance(t, Tensor):
+            raise OpTypeError(f"box_iou: {name} must be a Tensor, got {type(t).__name__}")
+        if t.dtype == torch.bool or t.is_complex():
+            raise OpTypeError(f"box_iou: {name} must be a real floating or integer tensor, got {t.dtype}")
+        if t.dim() != 2 or t.shape[1] != 4:
+            raise OpValueError(f"box_iou: {name} must have shape [N, 4], got {list(t.shape)}")
     if boxes1.device != boxes2.device:
-        raise ValueError(
+        raise OpValueError(
             f"box_iou: boxes1 and boxes2 must be on the same device, got {boxes1.device} and {boxes2.device}"
         )
+    if fmt not in _IOU_FORMATS:
+        raise OpValueError(
+            f"box_iou: fmt must be one of {_IOU_FORMATS} (rotated formats are torchvision's own), got {fmt!r}"
+        )
+
+
+def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy") -> Tensor:
+    """Pairwise intersection over union of two sets of boxes (``torchvision.ops.box_iou``).
+
+    torchvision's semantics and gradient, except that a pair with an empty union (two zero-area
+    boxes) gives 0 instead of NaN (and a zero gradient). Differentiable with respect to both
+    sets of boxes (in every ``fmt``); the backward is composed of ATen ops.
+
+    Args:
+        boxes1 (Tensor[N, 4]): floating or integer boxes.
+        boxes2 (Tensor[M, 4]): same device.
+        fmt (str): ``"xyxy"`` (``(x1, y1, x2, y2)``, default), ``"xywh"`` (``(x1, y1, w, h)``) or
+            ``"cxcywh"`` (``(cx, cy, w, h)``).
+
+    Returns:
+        Tensor[N, M]: the IoUs, float64 if either input is float64, else float32 (float16,
+        bfloat16 and integer boxes give float32, as torchvision).
+
+    Raises:
+        OpTypeError (a ``TypeError`` and a ``RuntimeError``): a non-tensor, a bool or complex tensor.
+        OpValueError (a ``ValueError`` and a ``RuntimeError``): a shape other than ``[*, 4]``,
+            different devices, an unknown ``fmt``.
+    """
+    if not torch.jit.is_scripting():
+        _check_iou_args(boxes1, boxes2, fmt)
+    boxes1, boxes2 = _iou_upcast(boxes1), _iou_upcast(boxes2)
     dtype = torch.promote_types(boxes1.dtype, boxes2.dtype)
-    return torch.ops.focalops.box_iou(boxes1.to(dtype), boxes2.to(dtype))
+    if fmt != "xyxy" and fmt != "xywh" and fmt != "cxcywh":
+        raise ValueError("box_iou: fmt must be 'xyxy', 'xywh' or 'cxcywh', got " + fmt)
+    boxes1, boxes2 = _to_xyxy(boxes1.to(dtype), fmt), _to_xyxy(boxes2.to(dtype), fmt)
+    return torch.ops.focalops.box_iou(boxes1, boxes2)
 
 
 def encode_boxes(gt: Tensor, anchors: Tensor, weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0)) -> Tensor:
@@ -143,8 +247,9 @@ def decode_boxes(
     fused backward kernel); anchors are constants.
 
     Args:
-        deltas (Tensor[..., 4]): ``(dx, dy, dw, dh)``, float32 / float64 / float16 / bfloat16
-            (half types computed in float32).
+        deltas (Tensor[..., 4] or Tensor[..., 4K]): ``(dx, dy, dw, dh)``, float32 / float64 /
+            float16 / bfloat16 (half types computed in float32); ``K`` deltas per anchor (one per
+            class, ``BoxCoder.decode_single``'s ``[N, 4K]``) give ``K`` boxes per anchor, ``[..., 4K]``.
         anchors (Tensor[..., 4]): reference boxes, broadcastable with ``deltas``.
         weights (sequence of 4 floats): ``(wx, wy, ww, wh)``. Default (1, 1, 1, 1).
         clamp (float): upper bound of ``dw`` and ``dh`` (``inf``: none); not NaN. Default
@@ -159,12 +264,18 @@ def decode_boxes(
             devices, bad weights, a NaN ``clamp``, or ``anchors.requires_grad`` (no gradient for
             anchors).
     """
+    if isinstance(deltas, Tensor) and isinstance(anchors, Tensor) and deltas.dim() >= 1 and anchors.dim() >= 1:
+        k = deltas.shape[-1] // 4
+        if k > 1 and deltas.shape[-1] == 4 * k and anchors.shape[-1] == 4:
+            # BoxCoder.decode_single's multi-class deltas [..., 4K] against anchors [..., 4]
+            boxes = decode_boxes(deltas.unflatten(-1, (k, 4)), anchors.unsqueeze(-2), weights, clamp)
+            return boxes.flatten(-2)
     _check_boxes("deltas", "decode_boxes", deltas)
     _check_boxes("anchors", "decode_boxes", anchors)
     w = _check_weights("decode_boxes", weights)
     if not isinstance(clamp, Real) or math.isnan(clamp):
-        raise ValueError(f"decode_boxes: clamp must be a number, got {clamp!r}")
+        raise OpValueError(f"decode_boxes: clamp must be a number, got {clamp!r}")
     if anchors.requires_grad:
-        raise ValueError("decode_boxes: anchors.requires_grad is set; the gradient for anchors is not supported")
+        raise OpValueError("decode_boxes: anchors.requires_grad is set; the gradient for anchors is not supported")
     deltas, anchor_rows = _broadcast_pair("decode_boxes", deltas, anchors, ("deltas", "anchors"))
     return torch.ops.focalops.decode_boxes(deltas, anchor_rows, list(w), float(clamp))

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from focalops import _extension  # noqa: F401  (registers torch.ops.focalops)
+from focalops.errors import OpTypeError, OpValueError
 from focalops.ops import FLOATS
 
 _REDUCTIONS = ("none", "mean", "sum")
@@ -20,12 +21,30 @@ def _setup_context(ctx, inputs, output):
 
 
 def _backward(ctx, grad):
-    if ctx.needs_input_grad[1]:
-        raise RuntimeError("sigmoid_focal_loss: the gradient with respect to targets is not implemented")
     x, targets = ctx.saved_tensors
     alpha, gamma, ignore_index, reduce = ctx.args
-    grad_x = torch.ops.focalops._sigmoid_focal_loss_backward(grad, x, targets, alpha, gamma, ignore_index, reduce)
-    return grad_x, None, None, None, None, None
+    grad_x = grad_t = None
+    if ctx.needs_input_grad[0]:
+        grad_x = torch.ops.focalops._sigmoid_focal_loss_backward(grad, x, targets, alpha, gamma, ignore_index, reduce)
+    if ctx.needs_input_grad[1]:
+        grad_t = _soft_target_grad(grad, x, targets, alpha, gamma)
+    return grad_x, grad_t, None, None, None, None
+
+
+def _soft_target_grad(grad: Tensor, x: Tensor, targets: Tensor, alpha: float, gamma: float) -> Tensor:
+    """d loss / d targets (dense soft targets) of torchvision's formula, by differentiating that
+    formula (ATen ops) in float32 (float64 for float64): torchvision's gradient, its limits included."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    with torch.enable_grad():
+        x = x.detach().to(dtype)
+        t = targets.detach().to(dtype).requires_grad_()
+        p = torch.sigmoid(x)
+        loss = nn.functional.binary_cross_entropy_with_logits(x, t, reduction="none")
+        loss = loss * (1 - (p * t + (1 - p) * (1 - t))) ** gamma
+        if alpha >= 0:
+            loss = (alpha * t + (1 - alpha) * (1 - t)) * loss
+        (grad_t,) = torch.autograd.grad(loss, t, grad.to(dtype).expand_as(loss))
+    return grad_t.to(targets.dtype)
 
 
 def _no_double_backward(ctx, grad):
@@ -80,7 +99,6 @@ def sigmoid_focal_loss(
     alpha: float = 0.25,
     gamma: float = 2.0,
     reduction: str = "none",
-    *,
     normalizer: Optional[Union[float, Tensor]] = None,
     ignore_index: int = -2,
 ) -> Tensor:
@@ -103,9 +121,10 @@ def sigmoid_focal_loss(
             - dense: a floating (or bool) tensor of the shape of ``inputs`` with values in
               [0, 1] (soft targets allowed, torchvision's formula). Checked on CPU; on CUDA,
               where a check would cost a synchronisation, a value outside [0, 1] is not
-              detected and gives a meaningless (possibly negative) loss. They are converted to
-              the dtype of ``inputs``: soft targets of float16 / bfloat16 logits are rounded to
-              it (0.9 is 0.8984375 in bfloat16); or
+              detected and gives a meaningless (possibly negative) loss. Types promote as
+              torchvision's (float16 logits with float32 targets give a float32 loss); soft
+              targets of float16 / bfloat16 logits are rounded to that type (0.9 is 0.8984375 in
+              bfloat16). Targets that require grad get torchvision's gradient; or
             - class indices: an integer tensor of shape ``inputs.shape[:-1]``; ``c`` in
               ``[0, K)`` makes class ``c`` the positive and the other ``K - 1`` negatives, ``-1``
               is background (all ``K`` negative), ``ignore_index`` rows add nothing to the loss
@@ -129,77 +148,101 @@ def sigmoid_focal_loss(
         Tensor: the loss. ``mean`` over an empty input is NaN, as ``torch.mean``.
 
     Raises:
-        TypeError: ``inputs`` or ``targets`` is not a tensor, or has an unsupported dtype.
-        ValueError: unknown ``reduction``, ``gamma < 0``, ``alpha > 1``, a ``normalizer`` that
-            is not a positive finite number (numbers and CPU tensors), mismatched shapes or
-            devices, or ``targets.requires_grad``.
+        OpTypeError (a ``TypeError`` and a ``RuntimeError``): ``inputs`` or ``targets`` is not a
+            tensor, or has an unsupported dtype.
+        OpValueError (a ``ValueError`` and a ``RuntimeError``): unknown ``reduction``,
+            ``gamma < 0``, ``alpha > 1``, a ``normalizer`` that is not a positive finite number
+            (numbers and CPU tensors), mismatched shapes or devices.
         RuntimeError: a class index outside ``[0, K)`` that is neither -1 nor ``ignore_index``
             (on CUDA a device-side assertion, so the check costs no host synchronisation); dense
-            targets outside [0, 1] (CPU).
+            targets outside [0, 1] (CPU). Under TorchScript the op's own checks raise
+            ``RuntimeError``, as torchvision's would.
     """
+    if not torch.jit.is_scripting():
+        _check_args(inputs, targets, alpha, gamma, reduction, ignore_index)
+    if targets.is_floating_point():
+        dtype = torch.promote_types(inputs.dtype, targets.dtype)  # torchvision's type promotion
+        inputs, targets = inputs.to(dtype), targets.to(dtype)
+    elif targets.dtype == torch.bool:
+        targets = targets.to(inputs.dtype)
+    else:
+        targets = targets.long()
+    if reduction != "none" and reduction != "mean" and reduction != "sum":
+        raise ValueError("sigmoid_focal_loss: reduction must be 'none', 'mean' or 'sum', got " + reduction)
+    loss = _loss(inputs, targets, float(alpha), float(gamma), ignore_index, reduction != "none")
+    if reduction == "mean":
+        n = inputs.numel()
+        loss = loss / n if n > 0 else loss / 0.0
+    if normalizer is not None:
+        if torch.jit.is_scripting():
+            if isinstance(normalizer, Tensor):
+                loss = loss / normalizer.reshape(()).to(loss.device)
+            else:
+                loss = loss / normalizer
+        else:
+            loss = loss / _checked_normalizer(normalizer, loss.device)
+    return loss.to(inputs.dtype)
+
+
+def _loss(inputs: Tensor, targets: Tensor, alpha: float, gamma: float, ignore_index: int, reduce: bool) -> Tensor:
+    if not torch.jit.is_scripting():
+        if (
+            inputs.requires_grad
+            and not targets.requires_grad
+            and inputs.device.type == "cpu"
+            and inputs.dtype in (torch.float32, torch.float64)
+            and torch.is_grad_enabled()
+            and not torch.compiler.is_compiling()
+        ):
+            return _LossAndGradient.apply(inputs, targets, alpha, gamma, ignore_index, reduce)[0]
+    return torch.ops.focalops.sigmoid_focal_loss(inputs, targets, alpha, gamma, ignore_index, reduce)
+
+
+def _check_args(inputs, targets, alpha, gamma, reduction, ignore_index) -> None:
+    """The eager argument checks of :func:`sigmoid_focal_loss` (one-line messages naming the
+    argument; the op checks again what it relies on)."""
     if not isinstance(inputs, Tensor):
-        raise TypeError(f"sigmoid_focal_loss: inputs must be a Tensor, got {type(inputs).__name__}")
+        raise OpTypeError(f"sigmoid_focal_loss: inputs must be a Tensor, got {type(inputs).__name__}")
     if not isinstance(targets, Tensor):
-        raise TypeError(f"sigmoid_focal_loss: targets must be a Tensor, got {type(targets).__name__}")
+        raise OpTypeError(f"sigmoid_focal_loss: targets must be a Tensor, got {type(targets).__name__}")
     if inputs.dtype not in FLOATS:
-        raise TypeError(f"sigmoid_focal_loss: inputs must be float32, float64, float16 or bfloat16, got {inputs.dtype}")
+        raise OpTypeError(
+            f"sigmoid_focal_loss: inputs must be float32, float64, float16 or bfloat16, got {inputs.dtype}"
+        )
     if reduction not in _REDUCTIONS:
-        raise ValueError(f"sigmoid_focal_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        raise OpValueError(f"sigmoid_focal_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
     if not isinstance(gamma, Real) or not gamma >= 0 or math.isinf(gamma):
-        raise ValueError(f"sigmoid_focal_loss: gamma must be a finite number >= 0, got {gamma}")
+        raise OpValueError(f"sigmoid_focal_loss: gamma must be a finite number >= 0, got {gamma}")
     if not isinstance(alpha, Real) or not alpha <= 1:
-        raise ValueError(f"sigmoid_focal_loss: alpha must be <= 1 (or < 0 to disable the weighting), got {alpha}")
+        raise OpValueError(f"sigmoid_focal_loss: alpha must be <= 1 (or < 0 to disable the weighting), got {alpha}")
     if not isinstance(ignore_index, int) or ignore_index == -1:
-        raise ValueError(f"sigmoid_focal_loss: ignore_index must be an int other than -1, got {ignore_index!r}")
+        raise OpValueError(f"sigmoid_focal_loss: ignore_index must be an int other than -1, got {ignore_index!r}")
     if inputs.device != targets.device:
-        raise ValueError(
+        raise OpValueError(
             f"sigmoid_focal_loss: inputs and targets must be on the same device, got {inputs.device} "
             f"and {targets.device}"
         )
-    if targets.requires_grad:
-        raise ValueError("sigmoid_focal_loss: targets.requires_grad is set; the gradient for targets is not supported")
-
     if targets.dtype.is_floating_point or targets.dtype == torch.bool:
         if targets.shape != inputs.shape:
-            raise ValueError(
+            raise OpValueError(
                 f"sigmoid_focal_loss: dense targets must have the shape of inputs {list(inputs.shape)}, "
                 f"got {list(targets.shape)}"
             )
-        targets = targets.to(inputs.dtype)
     elif targets.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
         if inputs.dim() == 0 or targets.shape != inputs.shape[:-1]:
-            raise ValueError(
+            raise OpValueError(
                 "sigmoid_focal_loss: integer targets are class indices of shape inputs.shape[:-1] = "
                 f"{list(inputs.shape[:-1])}, got {list(targets.shape)} (for one-hot targets pass a floating tensor)"
             )
-        targets = targets.long()
     else:
-        raise TypeError(f"sigmoid_focal_loss: targets must be floating, bool or integer, got {targets.dtype}")
-
-    reduce = reduction != "none"
-    args = (inputs, targets, float(alpha), float(gamma), ignore_index, reduce)
-    if (
-        inputs.requires_grad
-        and inputs.device.type == "cpu"
-        and inputs.dtype in (torch.float32, torch.float64)
-        and torch.is_grad_enabled()
-        and not torch.compiler.is_compiling()
-    ):
-        loss = _LossAndGradient.apply(*args)[0]
-    else:
-        loss = torch.ops.focalops.sigmoid_focal_loss(*args)
-    if reduction == "mean":
-        loss = loss / inputs.numel() if inputs.numel() > 0 else loss / 0.0
-    if normalizer is not None:
-        loss = loss / _checked_normalizer(normalizer, loss.device)
-    return loss.to(inputs.dtype)
+        raise OpTypeError(f"sigmoid_focal_loss: targets must be floating, bool or integer, got {targets.dtype}")
 
 
 def _checked_normalizer(normalizer, device: torch.device) -> Union[float, Tensor]:
     """The divisor of the loss, checked > 0 and finite where that costs no synchronisation."""
     if isinstance(normalizer, Tensor):
         if normalizer.numel() != 1 or normalizer.is_complex():
-            raise ValueError(
+            raise OpValueError(
                 "sigmoid_focal_loss: normalizer must be a number or a real 0-d tensor, got "
                 f"{normalizer.dtype} {list(normalizer.shape)}"
             )
@@ -207,12 +250,14 @@ def _checked_normalizer(normalizer, device: torch.device) -> Union[float, Tensor
         if on_cpu and not torch.compiler.is_compiling():
             value = normalizer.item()
             if not (value > 0 and math.isfinite(value)):
-                raise ValueError(f"sigmoid_focal_loss: normalizer must be positive and finite, got {value}")
+                raise OpValueError(f"sigmoid_focal_loss: normalizer must be positive and finite, got {value}")
         # Host to device never blocks; a device tensor brought to the host must (its value is read).
         return normalizer.reshape(()).to(device=device, non_blocking=on_cpu)
     if isinstance(normalizer, Real) and normalizer > 0 and math.isfinite(normalizer):
         return float(normalizer)
-    raise ValueError(f"sigmoid_focal_loss: normalizer must be a positive finite number or a tensor, got {normalizer!r}")
+    raise OpValueError(
+        f"sigmoid_focal_loss: normalizer must be a positive finite number or a tensor, got {normalizer!r}"
+    )
 
 
 class SigmoidFocalLoss(nn.Module):
@@ -221,7 +266,7 @@ class SigmoidFocalLoss(nn.Module):
     def __init__(self, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "none", ignore_index: int = -2):
         super().__init__()
         if reduction not in _REDUCTIONS:
-            raise ValueError(f"SigmoidFocalLoss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+            raise OpValueError(f"SigmoidFocalLoss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
         self.alpha, self.gamma, self.reduction, self.ignore_index = alpha, gamma, reduction, ignore_index
 
     def forward(self, inputs: Tensor, targets: Tensor, normalizer: Optional[Union[float, Tensor]] = None) -> Tensor:

@@ -1,38 +1,61 @@
 """Non-maximum suppression and fused RetinaNet post-processing."""
 
+import math
 from numbers import Real
-from typing import Sequence, Tuple
+from typing import List, Tuple
 
 import torch
 from torch import Tensor
 
 from focalops import _extension  # noqa: F401  (registers torch.ops.focalops)
+from focalops.errors import OpTypeError, OpValueError
 from focalops.ops import FLOATS
 
 
 def _check_tensor(op: str, name: str, t, floating: bool = True) -> None:
     if not isinstance(t, Tensor):
-        raise TypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
+        raise OpTypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
     if floating and t.dtype not in FLOATS:
-        raise TypeError(f"{op}: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
-
-
-def _check_threshold(op: str, name: str, value) -> None:
-    # IoU and score thresholds: beyond 1 nothing is ever suppressed (or kept), silently.
-    if not isinstance(value, Real) or not 0 <= value <= 1:
-        raise ValueError(f"{op}: {name} must be a number in [0, 1], got {value!r}")
+        raise OpTypeError(f"{op}: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
 
 
 def _check_boxes_scores(op: str, boxes, scores, iou_threshold) -> None:
     _check_tensor(op, "boxes", boxes)
     _check_tensor(op, "scores", scores)
     if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"{op}: boxes must be [N, 4], got {list(boxes.shape)}")
+        raise OpValueError(f"{op}: boxes must be [N, 4], got {list(boxes.shape)}")
     if scores.dim() != 1 or scores.shape[0] != boxes.shape[0]:
-        raise ValueError(f"{op}: scores must be [N] with N = {boxes.shape[0]}, got {list(scores.shape)}")
+        raise OpValueError(f"{op}: scores must be [N] with N = {boxes.shape[0]}, got {list(scores.shape)}")
     if boxes.device != scores.device:
-        raise ValueError(f"{op}: boxes and scores must be on the same device, got {boxes.device} and {scores.device}")
-    _check_threshold(op, "iou_threshold", iou_threshold)
+        raise OpValueError(f"{op}: boxes and scores must be on the same device, got {boxes.device} and {scores.device}")
+    # An IoU is at most 1: a threshold above 1 suppresses nothing (as torchvision), so it is
+    # passed on as 1. A negative one, which would suppress every box but the best, is refused.
+    if not isinstance(iou_threshold, Real) or not iou_threshold >= 0:
+        raise OpValueError(f"{op}: iou_threshold must be a number >= 0, got {iou_threshold!r}")
+
+
+def _iou_threshold(threshold: float) -> float:
+    """The threshold for the kernels' float32 test ``iou > t`` that keeps torchvision's test, which
+    compares the float32 IoU with the threshold as a double: ``threshold`` (capped at 1: an IoU
+    is at most 1) rounded down to a float32. At 0.3, an IoU of exactly 3/10 (0.3 in float32 is
+    0.30000001) is then above the threshold, as torchvision has it."""
+    threshold = min(float(threshold), 1.0)
+    if threshold <= 0.0:
+        return threshold
+    if torch.jit.is_scripting():
+        t = torch.tensor(threshold, dtype=torch.float32)
+        if t.item() > threshold:
+            t = torch.nextafter(t, torch.zeros_like(t))
+        return t.item()
+    else:
+        mantissa, exponent = math.frexp(threshold)  # 24 bits of mantissa, rounded towards 0
+        return math.ldexp(math.floor(math.ldexp(mantissa, 24)), exponent - 24)
+
+
+def _dequantized(t: Tensor) -> Tensor:
+    # torchvision's quantized NMS compares the integer values: IoU does not change under the
+    # (affine, increasing) dequantisation, nor does the order of the scores.
+    return t.dequantize() if t.is_quantized else t
 
 
 def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
@@ -52,20 +75,28 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
 
     Args:
         boxes (Tensor[N, 4]): ``(x1, y1, x2, y2)`` boxes, float32 / float64 / float16 / bfloat16.
-        scores (Tensor[N]): box scores, floating.
-        iou_threshold (float): boxes with IoU ``> iou_threshold`` are suppressed; in ``[0, 1]``.
+        scores (Tensor[N]): box scores, floating (quantized boxes and scores are dequantized).
+        iou_threshold (float): boxes with IoU ``> iou_threshold`` are suppressed; ``>= 0``
+            (above 1 nothing is suppressed).
 
     Returns:
         Tensor[K] (int64): indices of the kept boxes, by decreasing score.
 
     Raises:
-        TypeError: a non-tensor or non-floating input.
-        ValueError: wrong shapes, different devices, a threshold outside ``[0, 1]``.
+        OpTypeError (a ``TypeError`` and a ``RuntimeError``): a non-tensor or non-floating input.
+        OpValueError (a ``ValueError`` and a ``RuntimeError``): wrong shapes, different devices,
+            a negative threshold.
         RuntimeError: NaN in ``boxes`` or ``scores`` (checked on CPU; on CUDA NaN is not checked:
-            a NaN box suppresses nothing and is never suppressed).
+            a NaN box suppresses nothing and is never suppressed). Under TorchScript every
+            check is the op's own and raises ``RuntimeError``, as torchvision's.
     """
-    _check_boxes_scores("nms", boxes, scores, iou_threshold)
-    return torch.ops.focalops.nms(boxes, scores, float(iou_threshold))
+    if not torch.jit.is_scripting():
+        _check_tensor("nms", "boxes", boxes, floating=False)
+        _check_tensor("nms", "scores", scores, floating=False)
+    boxes, scores = _dequantized(boxes), _dequantized(scores)
+    if not torch.jit.is_scripting():
+        _check_boxes_scores("nms", boxes, scores, iou_threshold)
+    return torch.ops.focalops.nms(boxes, scores, _iou_threshold(iou_threshold))
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
@@ -78,31 +109,44 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     Args:
         boxes (Tensor[N, 4]): ``(x1, y1, x2, y2)`` boxes, floating.
         scores (Tensor[N]): box scores, floating.
-        idxs (Tensor[N]): integer category of each box (any values).
-        iou_threshold (float): boxes with IoU ``> iou_threshold`` are suppressed; in ``[0, 1]``.
+        idxs (Tensor[N]): category of each box: integer (any values), or floating or bool
+            (each distinct value is a category, as torchvision's coordinate offsets make it).
+        iou_threshold (float): boxes with IoU ``> iou_threshold`` are suppressed; ``>= 0``.
 
     Returns:
-        Tensor[K] (int64): indices of the kept boxes, by decreasing score.
+        Tensor[K] (int64): indices of the kept boxes, by decreasing score. Zero boxes
+        (``boxes.numel() == 0``) give an empty result whatever the other arguments, as torchvision.
 
     Raises:
-        TypeError, ValueError, RuntimeError: as :func:`nms`; ``idxs`` not an integer [N] tensor.
+        OpTypeError, OpValueError, RuntimeError: as :func:`nms`; ``idxs`` not an [N] tensor.
     """
-    _check_boxes_scores("batched_nms", boxes, scores, iou_threshold)
+    if not torch.jit.is_scripting():
+        _check_tensor("batched_nms", "boxes", boxes)
+    if boxes.numel() == 0:
+        return torch.empty((0,), dtype=torch.int64, device=boxes.device)
+    if not torch.jit.is_scripting():
+        _check_boxes_scores("batched_nms", boxes, scores, iou_threshold)
+        _check_idxs(boxes, idxs)
+    if idxs.is_floating_point() or idxs.dtype == torch.bool:
+        idxs = torch.unique(idxs, return_inverse=True)[1]
+    return torch.ops.focalops.batched_nms(boxes, scores, idxs.long(), _iou_threshold(iou_threshold))
+
+
+def _check_idxs(boxes: Tensor, idxs) -> None:
     _check_tensor("batched_nms", "idxs", idxs, floating=False)
-    if idxs.dtype.is_floating_point or idxs.dtype.is_complex or idxs.dtype == torch.bool:
-        raise TypeError(f"batched_nms: idxs must be an integer tensor, got {idxs.dtype}")
-    if idxs.shape != scores.shape:
-        raise ValueError(f"batched_nms: idxs must be [N] with N = {boxes.shape[0]}, got {list(idxs.shape)}")
+    if idxs.is_complex():
+        raise OpTypeError(f"batched_nms: idxs must be a real or bool tensor, got {idxs.dtype}")
+    if idxs.shape != (boxes.shape[0],):
+        raise OpValueError(f"batched_nms: idxs must be [N] with N = {boxes.shape[0]}, got {list(idxs.shape)}")
     if idxs.device != boxes.device:
-        raise ValueError(f"batched_nms: idxs must be on {boxes.device}, got {idxs.device}")
-    return torch.ops.focalops.batched_nms(boxes, scores, idxs.long(), float(iou_threshold))
+        raise OpValueError(f"batched_nms: idxs must be on {boxes.device}, got {idxs.device}")
 
 
 def postprocess(
     cls_logits: Tensor,
     box_deltas: Tensor,
     anchors: Tensor,
-    level_sizes: Sequence[int],
+    level_sizes: List[int],
     image_sizes: Tensor,
     score_thresh: float = 0.05,
     topk_candidates: int = 1000,
@@ -135,21 +179,21 @@ def postprocess(
         level_sizes (list of int or SymInt): anchors per pyramid level, summing to ``A``.
         image_sizes (Tensor[B, 2]): ``(height, width)`` of each image (boxes are clipped to
             it), ``>= 0`` and finite.
-        score_thresh (float): minimum score (exclusive), in ``[0, 1]``. Default 0.05.
+        score_thresh (float): minimum score (exclusive), ``>= 0``. Default 0.05.
         topk_candidates (int): candidates kept per image and level, ``>= 1``. Default 1000.
-        nms_thresh (float): IoU threshold of the NMS, in ``[0, 1]``. Default 0.5.
+        nms_thresh (float): IoU threshold of the NMS, ``>= 0``. Default 0.5.
         detections_per_img (int): ``D``, detections kept per image, ``>= 0``. Default 100.
 
     Returns:
         (boxes Tensor[B, D, 4], scores Tensor[B, D], labels Tensor[B, D] int64, counts Tensor[B] int64):
         image ``b``'s detections are the first ``counts[b]`` rows, by decreasing score; the
         rest is padding (boxes and scores 0, labels -1). Boxes and scores are float32 (float64
-        for float64 logits).
+        for float64 logits). Not differentiable: no output requires grad.
 
     Raises:
         TypeError: a non-tensor or non-floating input.
-        ValueError: wrong shapes or devices, ``level_sizes`` not summing to ``A``, a threshold
-            outside ``[0, 1]``, a count out of range.
+        ValueError: wrong shapes or devices, ``level_sizes`` not summing to ``A``, a negative
+            threshold, a count out of range.
         RuntimeError: NaN in ``cls_logits`` (found while scanning the scores, so not when
             ``detections_per_img`` is 0), NaN or inf in ``box_deltas`` or ``anchors``, a negative
             or non-finite image size. On CUDA, where a data check would cost a synchronisation,
@@ -157,46 +201,77 @@ def postprocess(
             detection but may take one of its level's top-k slots, and non-finite deltas or
             anchors give NaN boxes that suppress nothing.
     """
+    if not torch.jit.is_scripting():
+        level_sizes = _checked_postprocess_args(
+            cls_logits,
+            box_deltas,
+            anchors,
+            level_sizes,
+            image_sizes,
+            score_thresh,
+            topk_candidates,
+            nms_thresh,
+            detections_per_img,
+        )
+    dtype = torch.float64 if cls_logits.dtype == torch.float64 else torch.float32
+    # Not differentiable (detached inputs: no output requires grad); the accelerated torchvision
+    # model takes torchvision's differentiable path when its head outputs require grad.
+    return torch.ops.focalops.postprocess(
+        cls_logits.detach(),
+        box_deltas.detach().to(dtype),
+        anchors.detach().to(dtype),
+        level_sizes,
+        image_sizes.to(dtype),
+        min(float(score_thresh), 1.0),
+        topk_candidates,
+        _iou_threshold(nms_thresh),
+        detections_per_img,
+    )
+
+
+def _checked_postprocess_args(
+    cls_logits,
+    box_deltas,
+    anchors,
+    level_sizes,
+    image_sizes,
+    score_thresh,
+    topk_candidates,
+    nms_thresh,
+    detections_per_img,
+) -> List[int]:
+    """The eager argument checks of :func:`postprocess`; returns ``level_sizes`` as a list of
+    ints (SymInts, under tracing, stay symbolic: the schema takes ``SymInt[]``)."""
     op = "postprocess"
     _check_tensor(op, "cls_logits", cls_logits)
     _check_tensor(op, "box_deltas", box_deltas)
     _check_tensor(op, "anchors", anchors)
     _check_tensor(op, "image_sizes", image_sizes, floating=False)
     if cls_logits.dim() != 3:
-        raise ValueError(f"{op}: cls_logits must be [B, A, K], got {list(cls_logits.shape)}")
+        raise OpValueError(f"{op}: cls_logits must be [B, A, K], got {list(cls_logits.shape)}")
     num_images, num_anchors, _ = cls_logits.shape
     if box_deltas.shape != (num_images, num_anchors, 4):
-        raise ValueError(
+        raise OpValueError(
             f"{op}: box_deltas must be [B, A, 4] = {[num_images, num_anchors, 4]}, got {list(box_deltas.shape)}"
         )
     if anchors.shape != (num_anchors, 4):
-        raise ValueError(f"{op}: anchors must be [A, 4] = {[num_anchors, 4]}, got {list(anchors.shape)}")
+        raise OpValueError(f"{op}: anchors must be [A, 4] = {[num_anchors, 4]}, got {list(anchors.shape)}")
     if image_sizes.shape != (num_images, 2):
-        raise ValueError(
+        raise OpValueError(
             f"{op}: image_sizes must be [B, 2] = {[num_images, 2]} (height, width), got {list(image_sizes.shape)}"
         )
     for name, t in (("box_deltas", box_deltas), ("anchors", anchors), ("image_sizes", image_sizes)):
         if t.device != cls_logits.device:
-            raise ValueError(f"{op}: {name} must be on {cls_logits.device}, got {t.device}")
-    # Symbolic sizes (torch.export / torch.compile tracing) stay symbolic: the schema takes SymInt[].
+            raise OpValueError(f"{op}: {name} must be on {cls_logits.device}, got {t.device}")
     level_sizes = [s if isinstance(s, torch.SymInt) else int(s) for s in level_sizes]
     if any(s < 0 for s in level_sizes) or sum(level_sizes) != num_anchors:
-        raise ValueError(f"{op}: level_sizes must be >= 0 and sum to A = {num_anchors}, got {level_sizes}")
-    _check_threshold(op, "score_thresh", score_thresh)
-    _check_threshold(op, "nms_thresh", nms_thresh)
+        raise OpValueError(f"{op}: level_sizes must be >= 0 and sum to A = {num_anchors}, got {level_sizes}")
+    for name, value in (("score_thresh", score_thresh), ("nms_thresh", nms_thresh)):
+        # Above 1 nothing is kept (a score) or suppressed (an IoU), as torchvision: passed on as 1.
+        if not isinstance(value, Real) or not value >= 0:
+            raise OpValueError(f"{op}: {name} must be a number >= 0, got {value!r}")
     if not isinstance(topk_candidates, int) or topk_candidates < 1:
-        raise ValueError(f"{op}: topk_candidates must be an int >= 1, got {topk_candidates!r}")
+        raise OpValueError(f"{op}: topk_candidates must be an int >= 1, got {topk_candidates!r}")
     if not isinstance(detections_per_img, int) or detections_per_img < 0:
-        raise ValueError(f"{op}: detections_per_img must be an int >= 0, got {detections_per_img!r}")
-    dtype = torch.float64 if cls_logits.dtype == torch.float64 else torch.float32
-    return torch.ops.focalops.postprocess(
-        cls_logits,
-        box_deltas.to(dtype),
-        anchors.to(dtype),
-        level_sizes,
-        image_sizes.to(dtype),
-        float(score_thresh),
-        topk_candidates,
-        float(nms_thresh),
-        detections_per_img,
-    )
+        raise OpValueError(f"{op}: detections_per_img must be an int >= 0, got {detections_per_img!r}")
+    return level_sizes
