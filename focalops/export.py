@@ -24,6 +24,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
+from focalops.errors import ConfigError, one_line
 from focalops.models.retinanet import EXPORT_MIN_SIZE, PREPROCESSING, export_batch_detector
 
 METADATA_FILE = "focalops.json"  # the .pt2 archive entry (torch.export.save extra_files)
@@ -87,6 +88,10 @@ def export_checkpoint(
     """
     from focalops.engine import load_model
 
+    if onnx:
+        from focalops.onnx_export import require_onnx
+
+        require_onnx()  # before the minutes of tracing
     overrides = {} if score_thresh is None else {"score_thresh": score_thresh}
     model, ckpt = load_model(ckpt_path, **overrides)
     size = image_size or ckpt.get("args", {}).get("image_size") or DEFAULT_IMAGE_SIZE
@@ -160,7 +165,12 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 def run_export(args: argparse.Namespace) -> str:
     """Runs ``focalops export`` from parsed :func:`add_export_arguments`; prints and returns the program path."""
     onnx = getattr(args, "onnx", False)
-    path = export_checkpoint(args.checkpoint, args.output, args.score_thresh, args.image_size, args.aoti, onnx)
+    try:
+        path = export_checkpoint(args.checkpoint, args.output, args.score_thresh, args.image_size, args.aoti, onnx)
+    except ImportError as exc:
+        if not onnx:
+            raise
+        raise ConfigError(f"--onnx: {one_line(exc)}") from None
     written = [path] + ([aoti_path(path)] if args.aoti else [])
     kind = "ONNX model" if onnx else "program"
     print("focalops export: wrote " + " and ".join(written) + f" ({os.path.getsize(path) / 2**20:.1f} MiB {kind})")
@@ -207,6 +217,10 @@ def export_torchvision(
     from focalops.torchvision_retinanet import TorchvisionDetector
 
     detector = TorchvisionDetector(model)
+    if path is not None and path.endswith(".onnx"):
+        from focalops.onnx_export import require_onnx
+
+        require_onnx()
     if example_batch < 1 or not all(EXPORT_MIN_SIZE <= s <= max_image_size for s in example_size):
         raise ValueError(
             f"export_torchvision: example_size must be in [{EXPORT_MIN_SIZE}, {max_image_size}], got {example_size}"

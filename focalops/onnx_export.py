@@ -31,17 +31,22 @@ from typing import Any, Dict, Optional, Sequence
 
 import torch
 
+try:  # the tensor types of the translation's signature; onnxscript is needed only to export
+    from onnxscript.onnx_types import FLOAT, INT64
+except ImportError:  # pragma: no cover
+    FLOAT = INT64 = Any
+
 OPSET = 18
 METADATA_KEY = "focalops"  # metadata_props entry holding the JSON of focalops.export._metadata
 _BOX_CLAMP = math.log(1000.0 / 16)
 
 
 def _postprocess_onnx(
-    cls_logits,
-    box_deltas,
-    anchors,
-    level_sizes: Sequence,
-    image_sizes,
+    cls_logits: FLOAT,
+    box_deltas: FLOAT,
+    anchors: FLOAT,
+    level_sizes: Sequence[INT64],
+    image_sizes: FLOAT,
     score_thresh: float,
     topk_candidates: int,
     nms_thresh: float,
@@ -159,6 +164,17 @@ def translation_table() -> Dict[Any, Any]:
     return {torch.ops.focalops.postprocess.default: _postprocess_onnx}
 
 
+def require_onnx() -> None:
+    """Raises ``ImportError`` (saying what to install) unless ``onnx`` and ``onnxscript`` import."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            "focalops ONNX export needs the onnx and onnxscript packages: pip install onnx onnxscript"
+        ) from e
+
+
 INPUT_NAMES = ["images"]
 OUTPUT_NAMES = ["boxes", "scores", "labels", "counts"]
 _DIM_NAMES = ("batch", None, "height", "width")
@@ -181,13 +197,7 @@ def export_program(
         RuntimeError: the translated graph holds an operator outside the standard ONNX domain
             (an op with no translation here).
     """
-    try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as e:
-        raise ImportError(
-            "focalops ONNX export needs the onnx and onnxscript packages: pip install onnx onnxscript"
-        ) from e
+    require_onnx()
     onnx_program = torch.onnx.export(
         program,
         dynamo=True,

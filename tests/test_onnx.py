@@ -246,3 +246,12 @@ def test_onnx_postprocess_matches_kernel_on_ties(tmp_path, detections_per_img):
         # Same order and labels exactly; boxes bit for bit (zero deltas: exp(0) = 1 exactly).
         assert torch.equal(counts, want[3]) and torch.equal(labels, want[2]) and torch.equal(boxes, want[0])
         torch.testing.assert_close(scores, want[1], atol=1e-6, rtol=0)
+
+
+def test_onnx_flag_without_onnx_installed_is_one_line(checkpoint, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript -> ImportError
+    assert cli.main(["export", checkpoint, "--onnx", "-o", str(tmp_path / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--onnx" in err and "pip install onnx onnxscript" in err

@@ -489,8 +489,9 @@ class RetinaNet(nn.Module):
             ImportError: ``onnx`` or ``onnxscript`` is not installed.
             ValueError: as :meth:`export`.
         """
-        from focalops.onnx_export import export_program
+        from focalops.onnx_export import export_program, require_onnx
 
+        require_onnx()
         info = {
             "classes": list(classes) if classes is not None else [str(k) for k in range(self.num_classes)],
             "config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.config.items()},
