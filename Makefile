@@ -18,7 +18,7 @@ PYEXE = $(shell $(PYTHON) -c "import sys; print(sys.executable)")
 
 setup:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q numpy pytest hypothesis tqdm matplotlib pillow pycocotools ruff
+	$(PIP) install -q numpy pytest hypothesis tqdm matplotlib pillow pycocotools ruff onnx onnxscript onnxruntime
 
 build: setup
 	FOCALOPS_CUDA_EMULATE=1 $(PIP) install --no-build-isolation --no-deps -e .

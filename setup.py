@@ -257,6 +257,7 @@ setup(
     options={"bdist_wheel": {"py_limited_api": _limited_api()[1]}},
     python_requires=f">=3.{_limited_api()[1][3:]}",
     install_requires=["torch>=2.4", "numpy"],
-    extras_require={"cli": ["pillow>=10.1", "tqdm", "pycocotools", "matplotlib"]},
+    extras_require={"cli": ["pillow>=10.1", "tqdm", "pycocotools", "matplotlib"],
+                    "onnx": ["onnx", "onnxscript", "onnxruntime"]},  # fmt: skip
     entry_points={"console_scripts": ["focalops=focalops.cli:main"]},
 )

@@ -1,6 +1,8 @@
 """Deployment latency: the RetinaNet inference path eager (``model.detect_batch``) vs the
 ``torch.export`` program (``model.export()``, run with ``.module()``) vs the AOTInductor package of
-that program, at batch 1 and 8, one program per impl serving both batch sizes (dynamic shapes).
+that program vs its ONNX model in ONNX Runtime (where onnx, onnxscript and onnxruntime are
+installed; the CUDA execution provider on a GPU where ONNX Runtime has it, timed from and to host
+numpy arrays), at batch 1 and 8, one program per impl serving both batch sizes (dynamic shapes).
 
 Not in the default suite: AOTInductor compiles C++ for minutes on a few cores. Run it with
 ``python -m benchmarks --only export [--device cpu|cuda] [--quick]``; ``speedup`` is vs eager.
@@ -34,6 +36,9 @@ def run(device: str, quick: bool) -> List[Dict]:
             "export": program.module(),
             "aoti": torch._inductor.aoti_load_package(package),
         }
+        session = _onnx_session(program, os.path.join(tmp, "model.onnx"), device)
+        if session is not None:
+            impls["onnxruntime"] = lambda images: session.run(None, {"images": images.cpu().numpy()})
         g = torch.Generator().manual_seed(0)
         rows = []
         for batch in (1, 8):
@@ -46,3 +51,20 @@ def run(device: str, quick: bool) -> List[Dict]:
                 rows.append(common.row("retinanet_infer", impl, "fwd", device, "float32", shape, t, note=note))
     common.add_speedups(rows, baseline="eager")
     return rows
+
+
+def _onnx_session(program, path: str, device: str):
+    """An ONNX Runtime session of the program's ONNX model, or None without onnx / onnxruntime."""
+    try:
+        import onnxruntime
+
+        from focalops.onnx_export import export_program, require_onnx
+
+        require_onnx()
+    except ImportError:
+        return None
+    export_program(program, path)
+    providers = ["CPUExecutionProvider"]
+    if device.startswith("cuda") and "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return onnxruntime.InferenceSession(path, providers=providers)

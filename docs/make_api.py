@@ -23,6 +23,7 @@ SECTIONS = [
     ("NMS and post-processing", ["nms", "batched_nms", "postprocess"]),
     ("Model", ["models.RetinaNet", "models.RetinaNet.from_torchvision"]),
     ("torchvision integration", ["accelerate", "accelerated"]),
+    ("Deployment", ["models.RetinaNet.export", "models.RetinaNet.export_onnx", "export_torchvision"]),
     ("Build and CPU capability", ["cpu_capability", "has_cuda_kernels"]),
 ]  # fmt: skip
 

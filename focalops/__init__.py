@@ -2,6 +2,7 @@
 
 from focalops import _meta  # noqa: F401  (fake kernels for torch.compile / opcheck)
 from focalops._extension import cpu_capability, has_cuda_kernels
+from focalops.export import export_torchvision  # noqa: E402
 from focalops.ops.anchors import AnchorGenerator
 from focalops.ops.assign import assign, retinanet_targets
 from focalops.ops.boxes import box_iou, decode_boxes, encode_boxes
@@ -27,4 +28,5 @@ __all__ = [
     "postprocess",
     "accelerate",
     "accelerated",
+    "export_torchvision",
 ]

@@ -533,10 +533,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export",
         parents=[common],
-        help="write the whole detector as a torch.export program (and an AOTInductor package)",
+        help="write the whole detector as a torch.export program (and an AOTInductor package) or an ONNX model",
         description="Exports the inference path of a checkpoint (normalise, pad, backbone, FPN, heads, anchors, "
         "post-processing) as one torch.export program with dynamic batch and image size; load it with "
-        "`import focalops; torch.export.load(path).module()`.",
+        "`import focalops; torch.export.load(path).module()`. With --onnx: an ONNX model of standard operators "
+        "that ONNX Runtime runs without focalops (`onnxruntime.InferenceSession(path)`).",
     )
     add_export_arguments(p)
 

@@ -330,3 +330,87 @@ def accelerated(model: nn.Module):
         yield model
     finally:
         accelerate(model, undo=True)
+
+
+# ---- deployment: the whole torchvision detector as one exportable module ---------------------
+class _CellAnchors(focalops.AnchorGenerator):
+    """focalops' anchor generator (cached eagerly, traceable with symbolic sizes) on the cell
+    anchors of a torchvision ``AnchorGenerator``, with torchvision's strides
+    (``padded image size // feature size``)."""
+
+    def __init__(self, cell_anchors: List[Tensor]):
+        levels = len(cell_anchors)
+        super().__init__(sizes=(1,) * levels, strides=(1,) * levels)
+        self._cells = [c.detach().to("cpu", torch.float64) for c in cell_anchors]
+
+    def _cell_anchors_host(self, level: int, dtype: torch.dtype) -> Tensor:
+        return self._cells[level].to(dtype)
+
+
+class TorchvisionDetector(nn.Module):
+    """The inference path of a torchvision ``RetinaNet`` on focalops' ops, batched and with
+    padded outputs, for ``torch.export`` and ONNX: ``images [B, 3, H, W] -> (boxes [B, D, 4],
+    scores [B, D], labels [B, D], counts [B])`` as :func:`focalops.postprocess`.
+
+    Same detections as ``focalops.accelerate(model)`` (hence torchvision's) on images that
+    torchvision's transform does not resize: the module normalises (the transform's mean and
+    std) and pads to its ``size_divisible`` as torchvision, and leaves resizing (``min_size``,
+    ``max_size``) to the caller, so boxes are in the input's pixels. The model's own modules run
+    (backbone, head); the anchors are its anchor generator's cell anchors on torchvision's grid;
+    the post-processing is one ``focalops.postprocess`` with the model's thresholds.
+
+    Args:
+        model: a torchvision ``RetinaNet`` (accelerated or not), with ``BoxCoder`` weights (1, 1, 1, 1).
+
+    Raises:
+        TypeError: ``model`` is not a torchvision RetinaNet.
+        ValueError: its box coder weights are not (1, 1, 1, 1).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        from torchvision.models.detection import RetinaNet as TorchvisionRetinaNet
+
+        if not isinstance(model, TorchvisionRetinaNet):
+            raise TypeError(f"TorchvisionDetector: expected a torchvision RetinaNet, got {type(model).__name__}")
+        if tuple(float(w) for w in model.box_coder.weights) != (1.0, 1.0, 1.0, 1.0):
+            raise ValueError(
+                f"TorchvisionDetector: box coder weights must be (1, 1, 1, 1), got {tuple(model.box_coder.weights)}"
+            )
+        self.model = model
+        generator = model.anchor_generator
+        if isinstance(generator, _CachedAnchors):
+            generator = generator.generator
+        self.anchor_generator = _CellAnchors(list(generator.cell_anchors))
+        transform = model.transform
+        self.register_buffer("mean", torch.tensor(transform.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(transform.image_std).view(1, 3, 1, 1), persistent=False)
+        self.size_divisible = int(transform.size_divisible)
+
+    def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        m = self.model
+        batch = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+        batch = torch.nn.functional.pad(
+            batch, (0, -images.shape[-1] % self.size_divisible, 0, -images.shape[-2] % self.size_divisible)
+        )
+        features = list(m.backbone(batch).values())
+        head = m.head(features)
+        anchors, level_sizes = self.anchor_generator(
+            [tuple(f.shape[-2:]) for f in features],
+            device=batch.device,
+            dtype=batch.dtype,
+            image_size=tuple(batch.shape[-2:]),
+        )
+        n, _, h, w = images.shape
+        image_sizes = torch.stack([images.new_full((n,), h), images.new_full((n,), w)], dim=1)
+        return focalops.postprocess(
+            head["cls_logits"],
+            head["bbox_regression"],
+            anchors,
+            level_sizes,
+            image_sizes,
+            score_thresh=m.score_thresh,
+            topk_candidates=m.topk_candidates,
+            nms_thresh=m.nms_thresh,
+            detections_per_img=m.detections_per_img,
+        )

@@ -94,6 +94,28 @@ class _BatchDetector(nn.Module):
         return self.model.detect_batch(images)
 
 
+PREPROCESSING = (
+    "images: float32 [B, 3, H, W], RGB in [0, 1] (resized as in training: see image_size / max_size); "
+    "the model normalises them (ImageNet mean and std) and pads them to a multiple of 32 itself"
+)
+
+
+def export_batch_detector(
+    module: nn.Module, example_size: Tuple[int, int], example_batch: int, max_batch: int, max_image_size: int
+) -> "torch.export.ExportedProgram":
+    """``torch.export`` of a module ``images [B, 3, H, W] -> padded detections`` (in eval mode, on
+    the device and dtype of its first parameter) with a dynamic batch size in ``[1, max_batch]``
+    and dynamic height and width in ``[EXPORT_MIN_SIZE, max_image_size]``."""
+    weight = next(module.parameters())
+    example = torch.rand(example_batch, 3, *example_size, device=weight.device, dtype=weight.dtype)
+    dims = {
+        0: torch.export.Dim("batch", min=1, max=max_batch),
+        2: torch.export.Dim("height", min=EXPORT_MIN_SIZE, max=max_image_size),
+        3: torch.export.Dim("width", min=EXPORT_MIN_SIZE, max=max_image_size),
+    }
+    return torch.export.export(module, (example,), dynamic_shapes=(dims,))
+
+
 class RetinaNet(nn.Module):
     """RetinaNet: ResNet + FPN P3-P7 + class and box subnets, with the focalops hot path.
 
@@ -429,19 +451,54 @@ class RetinaNet(nn.Module):
             raise ValueError(
                 f"RetinaNet.export: example_size must be in [{EXPORT_MIN_SIZE}, {max_image_size}], got {example_size}"
             )
-        weight = next(self.parameters())
-        example = torch.rand(example_batch, 3, *example_size, device=weight.device, dtype=weight.dtype)
-        dims = {
-            0: torch.export.Dim("batch", min=1, max=max_batch),
-            2: torch.export.Dim("height", min=EXPORT_MIN_SIZE, max=max_image_size),
-            3: torch.export.Dim("width", min=EXPORT_MIN_SIZE, max=max_image_size),
-        }
         was_training = self.training
         self.eval()
         try:
-            return torch.export.export(_BatchDetector(self), (example,), dynamic_shapes=(dims,))
+            return export_batch_detector(_BatchDetector(self), example_size, example_batch, max_batch, max_image_size)
         finally:
             self.train(was_training)
+
+    def export_onnx(
+        self,
+        path: str,
+        example_size: Tuple[int, int] = (512, 512),
+        *,
+        classes: Optional[Sequence[str]] = None,
+        metadata: Optional[Dict] = None,
+    ) -> str:
+        """Writes the inference path (:meth:`detect_batch`) as an ONNX model of standard
+        operators (opset 18) that ONNX Runtime runs with no focalops or torch installed.
+
+        Input ``images`` (float32 ``[batch, 3, height, width]`` in [0, 1], any size: the graph
+        has no size guard), outputs ``boxes, scores, labels, counts`` as :meth:`detect_batch`:
+        the same detections (see :mod:`focalops.onnx_export` for how the post-processing maps
+        onto ONNX ``TopK`` and ``NonMaxSuppression``). Traced through :meth:`export` at
+        ``example_size``.
+
+        Args:
+            path (str): the ``.onnx`` file to write.
+            example_size ((int, int)): as :meth:`export`. Default (512, 512).
+            classes (sequence of str, optional): class names, stored in the model's metadata
+                (``metadata_props["classes"]``, a JSON list); default ``"0", "1", ...``.
+            metadata (dict, optional): more metadata, stored as JSON in ``metadata_props["focalops"]``.
+
+        Returns:
+            str: ``path``.
+
+        Raises:
+            ImportError: ``onnx`` or ``onnxscript`` is not installed.
+            ValueError: as :meth:`export`.
+        """
+        from focalops.onnx_export import export_program, require_onnx
+
+        require_onnx()
+        info = {
+            "classes": list(classes) if classes is not None else [str(k) for k in range(self.num_classes)],
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.config.items()},
+            "preprocessing": PREPROCESSING,
+            **(metadata or {}),
+        }
+        return export_program(self.export(example_size=example_size), path, info)
 
     def _heads(self, batch: Tensor) -> Tuple[Tensor, Tensor, Tensor, List[int]]:
         """Head outputs ``[B, A, K]``, ``[B, A, 4]`` and anchors ``[A, 4]`` with the anchors per
