@@ -378,10 +378,8 @@ class TorchvisionDetector(nn.Module):
                 f"TorchvisionDetector: box coder weights must be (1, 1, 1, 1), got {tuple(model.box_coder.weights)}"
             )
         self.model = model
-        generator = model.anchor_generator
-        if isinstance(generator, _CachedAnchors):
-            generator = generator.generator
-        self.anchor_generator = _CellAnchors(list(generator.cell_anchors))
+        # (accelerate keeps torchvision's AnchorGenerator, cell_anchors included)
+        self.anchor_generator = _CellAnchors(list(model.anchor_generator.cell_anchors))
         transform = model.transform
         self.register_buffer("mean", torch.tensor(transform.image_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(transform.image_std).view(1, 3, 1, 1), persistent=False)

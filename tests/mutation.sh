@@ -102,9 +102,9 @@ mutation csrc/cuda/assign.cuh \
   "      if (lane == 0 && m > 0.f) s_best[g] = __float_as_int(m);" \
   tests/test_assign.py "CUDA assign: the shared atomicMax of the warps' best IoU becomes a plain store"
 mutation csrc/cuda/assign.cuh \
-  "    const int n = static_cast<int>(count - g0 < kBoxTile ? count - g0 : kBoxTile);" \
-  "    const int n = static_cast<int>(count - g0 < kBoxTile ? count - g0 : kBoxTile - 1);" \
-  tests/test_assign.py "CUDA assign: the box tile one short (the last box of every full tile skipped)"
+  "      if (s_best[k] > 0) atomicMax(reinterpret_cast<int*>(best) + b * G + g0 + k, s_best[k]);" \
+  "      if (s_best[k] > 0) atomicMax(reinterpret_cast<int*>(best) + b * G + g0 + k + 1, s_best[k]);" \
+  tests/test_assign.py "CUDA assign: a tile's best IoUs written one box off"
 mutation csrc/cuda/boxes.cuh \
   "       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {" \
   "       idx += 2 * static_cast<int64_t>(gridDim.x) * blockDim.x) {" \

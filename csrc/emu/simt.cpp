@@ -175,8 +175,23 @@ struct Scheduler {
 #endif
 #if defined(FOCALOPS_EMULATE_TSAN)
   void* main_tsan = nullptr;
-  char launch_sync = 0;   // the launch boundary: orders the host before and after the kernel
-  char barrier_sync = 0;  // a resolved barrier or warp operation
+  // The launch boundaries: the host's work before the launch is ordered before every thread
+  // (launch_begin), every thread before the host's work after it (launch_end). Blocks are
+  // ordered one after the other too (block_end): they reuse the same static shared memory,
+  // which TSan cannot be told is new for each block. So TSan checks the threads of a block
+  // against each other; between blocks, the shuffled block order and the tests' values do.
+  char launch_begin = 0;
+  char launch_end = 0;
+  char block_end = 0;
+  // A barrier (warp operation) orders what its threads did before it with what they do after
+  // it: they release one sync object on arrival and acquire it when released. Consecutive
+  // barriers of a block (of a warp) alternate between two objects, so that a thread released
+  // early, which runs on to the next barrier, never orders its accesses with those of threads
+  // still to resume from the last one.
+  char block_sync[2] = {};
+  char warp_sync[32][2] = {};
+  unsigned block_epoch = 0;
+  unsigned warp_epoch[32] = {};
 #endif
 };
 
@@ -240,25 +255,30 @@ FO_EMU_SCHEDULER void fiber_entry() {
   __sanitizer_finish_switch_fiber(nullptr, &s.main_bottom, &s.main_size);
 #endif
 #if defined(FOCALOPS_EMULATE_TSAN)
-  __tsan_acquire(&s.launch_sync);
+  __tsan_acquire(&s.launch_begin);
+  __tsan_acquire(&s.block_end);
 #endif
   (*s.body)();
 #if defined(FOCALOPS_EMULATE_TSAN)
-  __tsan_release(&s.launch_sync);
+  __tsan_release(&s.launch_end);
+  __tsan_release(&s.block_end);
 #endif
   f->state = State::kExited;
   to_scheduler(s, f, true);
 }
 
-FO_EMU_SCHEDULER Fiber* stopped_fiber(Scheduler& s) {
+// The current fiber waits at a block barrier (warp < 0) or a warp operation of warp `warp`.
+FO_EMU_SCHEDULER Fiber* stopped_fiber(Scheduler& s, int warp) {
   Fiber* f = s.cur;
 #if defined(FOCALOPS_EMULATE_TSAN)
-  __tsan_release(&s.barrier_sync);
+  char* sync = warp < 0 ? &s.block_sync[s.block_epoch & 1] : &s.warp_sync[warp][s.warp_epoch[warp] & 1];
+  __tsan_release(sync);
 #endif
   to_scheduler(s, f, false);
 #if defined(FOCALOPS_EMULATE_TSAN)
-  __tsan_acquire(&s.barrier_sync);
+  __tsan_acquire(sync);
 #endif
+  (void)warp;
   return f;
 }
 
@@ -327,6 +347,9 @@ FO_EMU_SCHEDULER bool resolve_warps(Scheduler& s, int n) {
     for (Fiber* g : group) {
       if (g != nullptr) g->state = State::kRunnable;
     }
+#if defined(FOCALOPS_EMULATE_TSAN)
+    ++s.warp_epoch[(base / 32) & 31];
+#endif
     released = true;
   }
   return released;
@@ -361,6 +384,9 @@ FO_EMU_SCHEDULER bool resolve_block(Scheduler& s, int n) {
     s.fibers[i].result = static_cast<uint64_t>(pred);
     s.fibers[i].state = State::kRunnable;
   }
+#if defined(FOCALOPS_EMULATE_TSAN)
+  ++s.block_epoch;
+#endif
   return true;
 }
 
@@ -439,7 +465,7 @@ FO_EMU_SCHEDULER int sync_block(Site site, int pred, int op) {
   f->site = site;
   f->op = op;
   f->pred = pred;
-  stopped_fiber(s);
+  stopped_fiber(s, -1);
   return static_cast<int>(f->result);
 }
 
@@ -453,7 +479,7 @@ FO_EMU_SCHEDULER uint64_t warp_op(Site site, int kind, unsigned mask, uint64_t b
   f->mask = mask;
   f->bits = bits;
   f->arg = arg;
-  stopped_fiber(s);
+  stopped_fiber(s, f->linear / 32);
   return f->result;
 }
 
@@ -464,6 +490,9 @@ FO_EMU_SCHEDULER void device_assert(const char* cond, const char* file, int line
        std::string("device-side assertion `") + cond + "` failed in " + func + " at " + where(Site{file, line}) +
            " (thread " + std::to_string(f->linear) + ")");
   f->state = State::kExited;
+#if defined(FOCALOPS_EMULATE_TSAN)
+  __tsan_release(&s.launch_end);
+#endif
   to_scheduler(s, f, true);
   std::abort();  // never resumed
 }
@@ -564,7 +593,7 @@ FO_EMU_SCHEDULER void launch(const void* kernel, dim3 grid, dim3 block, size_t d
   std::shuffle(order.begin(), order.end(), std::mt19937_64(seed() + s.launches++));
 #if defined(FOCALOPS_EMULATE_TSAN)
   if (s.main_tsan == nullptr) s.main_tsan = __tsan_get_current_fiber();
-  __tsan_release(&s.launch_sync);
+  __tsan_release(&s.launch_begin);
 #endif
   for (const uint64_t b : order) {
     s.block.idx = uint3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>((b / grid.x) % grid.y),
@@ -577,7 +606,13 @@ FO_EMU_SCHEDULER void launch(const void* kernel, dim3 grid, dim3 block, size_t d
     if (s.aborted) break;
   }
 #if defined(FOCALOPS_EMULATE_TSAN)
-  __tsan_acquire(&s.launch_sync);
+  __tsan_acquire(&s.launch_end);
+  if (s.aborted) {  // the threads left waiting released what they did at their barrier
+    for (char& sync : s.block_sync) __tsan_acquire(&sync);
+    for (auto& warp : s.warp_sync) {
+      for (char& sync : warp) __tsan_acquire(&sync);
+    }
+  }
 #endif
   std::free(smem);
   s.body = nullptr;
