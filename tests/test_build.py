@@ -19,6 +19,7 @@ import torch.utils.cpp_extension as cpp_extension
 from conftest import EMULATED
 
 import focalops
+from focalops._extension import build_info
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "emu"))
 from kernel_resources import find_cuobjdump  # noqa: E402
@@ -29,6 +30,7 @@ CUDA_SOURCES = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
 OPS = re.findall(r'm\.def\(\s*"(\w+)\(', open(os.path.join(ROOT, "csrc", "focalops.cpp")).read())
 # CPU only by design (csrc/focalops.cpp says why).
 CPU_ONLY_OPS = {"_sigmoid_focal_loss_with_grad"}
+BUILD_INFO = build_info()
 
 
 def test_every_schema_found():
@@ -64,10 +66,16 @@ def test_emulator_kernel_resources_are_current():
 
 @pytest.mark.skipif(torch.version.cuda is None, reason="torch without CUDA: the library has CPU kernels only")
 def test_cuda_kernels_registered_when_torch_has_cuda():
-    assert focalops.has_cuda_kernels(), "torch has CUDA but focalops was built without its CUDA kernels"
+    """With a CUDA torch every op has CUDA kernels, unless the build was made with FOCALOPS_CUDA=0
+    (recorded in focalops/_build_info.py): then none has."""
+    forced_off = BUILD_INFO.get("cuda_forced") is False
+    if forced_off:
+        assert not focalops.has_cuda_kernels(), "built with FOCALOPS_CUDA=0 but CUDA kernels are registered"
+    else:
+        assert focalops.has_cuda_kernels(), "torch has CUDA but focalops was built without its CUDA kernels"
     for op in OPS:
         has = torch._C._dispatch_has_kernel_for_dispatch_key(f"focalops::{op}", "CUDA")
-        assert has != (op in CPU_ONLY_OPS), op
+        assert has == (not forced_off and op not in CPU_ONLY_OPS), op
 
 
 _STUBS = {
