@@ -78,6 +78,81 @@ def test_cuda_kernels_registered_when_torch_has_cuda():
         assert has == (not forced_off and op not in CPU_ONLY_OPS), op
 
 
+def fatbin_archs(library):
+    """(architectures with a cubin, architectures with PTX) in a library's fat binary, as ints (75
+    for sm_75), read with cuobjdump."""
+    tool = find_cuobjdump()
+
+    def listed(flag):
+        out = subprocess.run([tool, flag, library], capture_output=True, text=True).stdout
+        return {int(m) for m in re.findall(r"\.sm_(\d+)[a-z]?\.(?:cubin|ptx)\b", out)}
+
+    return listed("--list-elf"), listed("--list-ptx")
+
+
+def arch_list_numbers(arch_list):
+    """ "7.5;8.6;12.0+PTX" -> ({75, 86, 120}, {120}) """
+    real, ptx = set(), set()
+    for arch in arch_list.replace(" ", ";").split(";"):
+        m = re.fullmatch(r"(\d+)\.(\d)[a-z]?(\+PTX)?", arch.strip())
+        if m:
+            real.add(int(m[1]) * 10 + int(m[2]))
+            if m[3]:
+                ptx.add(int(m[1]) * 10 + int(m[2]))
+    return real, ptx
+
+
+@pytest.mark.skipif(
+    not focalops.has_cuda_kernels() or find_cuobjdump() is None or not BUILD_INFO.get("cuda_arch_list"),
+    reason="needs focalops' CUDA kernels (with the recorded arch list) and cuobjdump",
+)
+def test_fat_binary_has_every_listed_architecture():
+    """Every architecture of the build's TORCH_CUDA_ARCH_LIST has its kernels in the library, and
+    every +PTX one its PTX (what a GPU newer than all of them JIT-compiles)."""
+    import focalops._C as lib
+
+    elf, ptx = fatbin_archs(lib.__file__)
+    want_elf, want_ptx = arch_list_numbers(BUILD_INFO["cuda_arch_list"])
+    assert want_elf and want_elf <= elf, (BUILD_INFO["cuda_arch_list"], sorted(elf))
+    assert want_ptx <= ptx, (BUILD_INFO["cuda_arch_list"], sorted(ptx))
+
+
+def _setup(*args, env=None):
+    """`python setup.py ARGS` in the source tree (commands that compile nothing)."""
+    proc = subprocess.run(
+        [sys.executable, "setup.py", *args], cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.skipif(torch.version.cuda is None or shutil.which("nvcc") is None, reason="needs a CUDA torch and nvcc")
+def test_cuda_build_version_and_default_arch_list(tmp_path, monkeypatch):
+    """A CUDA build's version carries torch's CUDA (+cu130); without TORCH_CUDA_ARCH_LIST it builds
+    for every architecture torch ships kernels for, with PTX for the newest."""
+    env = {"FOCALOPS_CUDA": "1", "TORCH_CUDA_ARCH_LIST": ""}
+    out = _setup("--version", env=env)
+    assert out.strip().splitlines()[-1] == f"{focalops.__version__}+cu{torch.version.cuda.replace('.', '')}"
+    line = next(x for x in out.splitlines() if "TORCH_CUDA_ARCH_LIST unset" in x)
+    archs = line.rsplit(": ", 1)[1].split(";")
+    shipped = sorted(int(a[3:]) for a in torch._C._cuda_getArchFlags().split() if a[3:].isdigit())
+    nvcc = subprocess.run(["nvcc", "--list-gpu-arch"], capture_output=True, text=True).stdout
+    expected = [f"{a // 10}.{a % 10}" for a in shipped if f"compute_{a}" in nvcc.split()]
+    expected[-1] += "+PTX"
+    assert archs == expected
+    if find_cuobjdump() is None:
+        return
+    # What torch's extension builder makes of that list: a cubin per architecture, PTX for the newest
+    # (the library itself is checked by test_fat_binary_has_every_listed_architecture after a CUDA build).
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", ";".join(archs))
+    kernel = tmp_path / "k.cu"
+    kernel.write_text("__global__ void k(float* x) { x[threadIdx.x] += 1.f; }\n")
+    lib = tmp_path / "k.so"
+    flags = cpp_extension._get_cuda_arch_flags()
+    subprocess.run(["nvcc", "-shared", "-Xcompiler", "-fPIC", *flags, str(kernel), "-o", str(lib)], check=True)
+    assert fatbin_archs(str(lib)) == arch_list_numbers(";".join(archs))
+
+
 _STUBS = {
     "cusparse.h": "typedef struct cusparseContext* cusparseHandle_t;\ntypedef int cusparseStatus_t;\n",
     "cublas_v2.h": "typedef struct cublasContext* cublasHandle_t;\ntypedef int cublasStatus_t;\n",
