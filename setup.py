@@ -37,17 +37,32 @@ import shutil
 import subprocess
 import sys
 
+from setuptools import find_packages, setup
+
+METADATA = dict(
+    name="focalops",
+    description="Fast fused ops for dense one-stage detectors (RetinaNet): focal loss, anchors, NMS.",
+    packages=find_packages(include=["focalops", "focalops.*"]),
+    extras_require={"cli": ["pillow>=10.1", "tqdm", "pycocotools", "matplotlib"]},
+    entry_points={"console_scripts": ["focalops=focalops.cli:main"]},
+)
+SDIST = "sdist" in sys.argv[1:]  # pip's build_sdist runs `setup.py sdist`; every other command builds
+# The source distribution: the sources (MANIFEST.in) and the range of torch they build against.
+SDIST_REQUIRES = ["torch>=2.4", "numpy"]
+
 try:
     import torch
 except ImportError:  # an isolated build environment has no torch: never let pip fetch one
+    if SDIST or sys.argv[1:2] == ["egg_info"]:  # `python -m build --sdist` compiles nothing: no torch needed
+        setup(version="0.1.0", install_requires=SDIST_REQUIRES, python_requires=">=3.9", **METADATA)
+        sys.exit(0)
     sys.exit(
         "focalops: torch is not importable in this build environment. Install torch first, then build "
         "against it with: pip install --no-build-isolation ."
     )
 
-import torch.utils.cpp_extension as cpp_extension
-from setuptools import find_packages, setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+import torch.utils.cpp_extension as cpp_extension  # noqa: E402  (after the torch check)
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -184,8 +199,9 @@ def _local_tag(info) -> str:
 def _requirements(sdist: bool):
     """A build requires the torch release line it was compiled against (as torchvision pins its
     torch); the source distribution builds against any torch >= 2.4."""
-    torch_req = "torch>=2.4" if sdist else "torch=={}.*".format(_release_line(BUILD_INFO["torch_version"]))
-    return [torch_req, "numpy"]
+    if sdist:
+        return SDIST_REQUIRES
+    return ["torch=={}.*".format(_release_line(BUILD_INFO["torch_version"])), "numpy"]
 
 
 def _write_build_info(folder):
@@ -335,18 +351,13 @@ def _extension():
 
 
 EXTENSIONS = _extension()
-SDIST = "sdist" in sys.argv[1:]  # pip's build_sdist runs `setup.py sdist`; every other command builds
 
 setup(
-    name="focalops",
     version="0.1.0" if SDIST else "0.1.0+" + _local_tag(BUILD_INFO),
-    description="Fast fused ops for dense one-stage detectors (RetinaNet): focal loss, anchors, NMS.",
-    packages=find_packages(include=["focalops", "focalops.*"]),
     ext_modules=EXTENSIONS,
     cmdclass={"build_ext": BuildWithCpuKernels.with_options(no_python_abi_suffix=True)},
     options={"bdist_wheel": {"py_limited_api": _limited_api()[1]}},
     python_requires=f">=3.{_limited_api()[1][3:]}",
     install_requires=_requirements(SDIST),
-    extras_require={"cli": ["pillow>=10.1", "tqdm", "pycocotools", "matplotlib"]},
-    entry_points={"console_scripts": ["focalops=focalops.cli:main"]},
+    **METADATA,
 )

@@ -190,3 +190,22 @@ def test_sdist_keeps_the_wide_range_and_every_source(tmp_path):
         pytest.skip("not a git checkout")
     assert set(tracked) <= inside, sorted(set(tracked) - inside)
     assert "focalops/_build_info.py" not in inside
+
+
+def _setup_without_torch(*args, cwd=ROOT):
+    """setup.py run where `import torch` fails (as in an isolated build environment)."""
+    code = "import runpy, sys; sys.modules['torch'] = None; sys.argv[0] = 'setup.py'; runpy.run_path('setup.py')"
+    return subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_sdist_builds_without_torch_and_a_wheel_does_not(tmp_path):
+    """`python -m build --sdist` (isolated: no torch) makes the source distribution; a build that
+    compiles stops at once saying how to build against the installed torch."""
+    proc = _setup_without_torch("-q", "egg_info", "--egg-base", str(tmp_path), "sdist", "-d", str(tmp_path))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (tarball,) = glob.glob(str(tmp_path / "focalops-*.tar.gz"))
+    with tarfile.open(tarball) as tar:
+        names = tar.getnames()
+    assert any(n.endswith("csrc/cuda/nms.cuh") for n in names) and any(n.endswith("/setup.py") for n in names)
+    proc = _setup_without_torch("-q", "bdist_wheel", "-d", str(tmp_path))
+    assert proc.returncode != 0 and "pip install --no-build-isolation ." in proc.stderr
