@@ -17,7 +17,7 @@ Environment:
                          `nvcc`, /usr/local/cuda, /usr/local/cuda-* that has nvcc and libcudart)
   TORCH_CUDA_ARCH_LIST   GPU architectures (e.g. "7.5;8.0;9.0+PTX"; "native": the visible GPUs only);
                          default: every architecture the build torch ships kernels for (that this
-                         nvcc can compile), plus PTX for the newest, so that a newer GPU JIT-compiles
+                         nvcc can compile), plus PTX for the newest, which a newer GPU JIT-compiles
   MAX_JOBS               parallel compile jobs (ninja)
   DEBUG=1                -O0 -g instead of -O3
   FOCALOPS_SANITIZE=1    AddressSanitizer + UndefinedBehaviorSanitizer build of the host code (CPU

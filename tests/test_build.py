@@ -181,13 +181,39 @@ _SKIP_NVCC = pytest.mark.skipif(
 )
 
 
+class _Compiles:
+    """nvcc runs, at most MAX_JOBS at a time (default: all at once; they take ~30 s each), started in
+    order and handed out by source."""
+
+    def __init__(self, commands, limit):
+        self.pending, self.limit, self.running, self.done = list(commands.items()), limit, {}, {}
+
+    def _start(self):
+        while self.pending and len(self.running) < self.limit:
+            source, cmd = self.pending.pop(0)
+            self.running[source] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def result(self, source):
+        """(return code, output) of the compile of `source`."""
+        self._start()
+        while source not in self.done:
+            first, proc = next(iter(self.running.items()))
+            output, _ = proc.communicate(timeout=900)
+            self.done[first] = (proc.returncode, output)
+            del self.running[first]
+            self._start()
+        return self.done[source]
+
+    def kill(self):
+        for proc in self.running.values():
+            proc.kill()
+
+
 @pytest.fixture(scope="module")
 def nvcc_jobs(nvcc_include_flags, tmp_path_factory):
-    """Starts every nvcc compile at once (they take ~30 s each) and hands out the processes."""
     out = tmp_path_factory.mktemp("nvcc_out")
-    jobs = {}
-    for source in CUDA_SOURCES:
-        cmd = [
+    commands = {
+        source: [
             "nvcc",
             "-std=c++20",
             "-arch=sm_90",
@@ -198,14 +224,15 @@ def nvcc_jobs(nvcc_include_flags, tmp_path_factory):
             "-o",
             str(out / (os.path.basename(source) + ".o")),
         ]
-        jobs[source] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for source in CUDA_SOURCES
+    }
+    jobs = _Compiles(commands, int(os.environ.get("MAX_JOBS") or len(commands)))
     yield jobs
-    for proc in jobs.values():
-        proc.kill()
+    jobs.kill()
 
 
 @_SKIP_NVCC
 @pytest.mark.parametrize("source", CUDA_SOURCES, ids=os.path.basename)
 def test_cuda_source_compiles(source, nvcc_jobs):
-    output, _ = nvcc_jobs[source].communicate(timeout=900)
-    assert nvcc_jobs[source].returncode == 0, output[-4000:]
+    returncode, output = nvcc_jobs.result(source)
+    assert returncode == 0, output[-4000:]
