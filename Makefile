@@ -7,6 +7,9 @@
 #   make sanitize  the extension and the emulated CUDA kernels built with AddressSanitizer +
 #                UndefinedBehaviorSanitizer into build/sanitize (the tree's own build is left
 #                alone), the op tests run against them (CPU and emulated CUDA cases)
+#   make other-torch  another torch (OTHER_TORCH, default torch==2.13.0) in build/other-torch: then
+#                tests/test_install.py imports this build under it and checks the one-line mismatch
+#                message (without it that test skips)
 #   make tsan    the emulated CUDA kernels built with ThreadSanitizer into build/tsan (each CUDA
 #                thread a fiber), the CUDA cases of the kernels with shared memory or atomics
 PYTHON ?= python3
@@ -14,7 +17,9 @@ PIP = $(PYTHON) -m pip
 # The interpreter itself (a sanitizer runtime preloaded into a launcher script would not reach it).
 PYEXE = $(shell $(PYTHON) -c "import sys; print(sys.executable)")
 
-.PHONY: setup build test bench lint sanitize tsan
+OTHER_TORCH ?= torch==2.13.0
+
+.PHONY: setup build test bench lint sanitize tsan other-torch
 
 setup:
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.14.1 torchvision==0.29.1
@@ -28,6 +33,10 @@ test: build
 
 bench: build
 	$(PYTHON) -m benchmarks
+
+other-torch:
+	$(PYTHON) -m venv build/other-torch
+	build/other-torch/bin/pip install -q "$(OTHER_TORCH)" numpy
 
 # The op tests (every kernel, hostile input included) on this CPU's kernels, and the agreement
 # test, which runs every kernel of the other CPU builds in subprocesses. The extension is not

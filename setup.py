@@ -3,12 +3,21 @@
 The CPU kernels in csrc/cpu/kernels/ are compiled once per capability (default, avx2, avx512;
 default only off x86-64) and one set is chosen when the library loads (csrc/cpu/kernels.h).
 
+A build loads only with the torch release line it was compiled against (torch's C++ ABI changes
+between releases), so a built wheel says so: it requires `torch==<build major.minor>.*`, carries a
+local version tag naming the build (`+cu130`, `+cpu`), and records torch's version, its CUDA
+version and whether the CUDA kernels were built in focalops/_build_info.py, which
+focalops/_extension.py checks before loading the library. The source distribution keeps the
+range that source builds support (`torch>=2.4`).
+
 Environment:
   FOCALOPS_CUDA=0/1      force the CUDA kernels off / on (default: on when torch.version.cuda
                          is set and a CUDA toolkit is found; a visible GPU is not needed)
   CUDA_HOME              the CUDA toolkit (default: the first of torch's guess, the folder of
                          `nvcc`, /usr/local/cuda, /usr/local/cuda-* that has nvcc and libcudart)
-  TORCH_CUDA_ARCH_LIST   GPU architectures; defaults to "8.0;9.0" when no GPU is visible
+  TORCH_CUDA_ARCH_LIST   GPU architectures (e.g. "7.5;8.0;9.0+PTX"; "native": the visible GPUs only);
+                         default: every architecture the build torch ships kernels for (that this
+                         nvcc can compile), plus PTX for the newest, which a newer GPU JIT-compiles
   MAX_JOBS               parallel compile jobs (ninja)
   DEBUG=1                -O0 -g instead of -O3
   FOCALOPS_SANITIZE=1    AddressSanitizer + UndefinedBehaviorSanitizer build of the host code (CPU
@@ -24,20 +33,40 @@ Environment:
 import glob
 import os
 import platform
+import re
 import shutil
+import subprocess
 import sys
+
+from setuptools import find_packages, setup
+
+METADATA = dict(
+    name="focalops",
+    description="Fast fused ops for dense one-stage detectors (RetinaNet): focal loss, anchors, NMS.",
+    packages=find_packages(include=["focalops", "focalops.*"]),
+    extras_require={
+        "cli": ["pillow>=10.1", "tqdm", "pycocotools", "matplotlib"],
+        "onnx": ["onnx", "onnxscript", "onnxruntime"],
+    },
+    entry_points={"console_scripts": ["focalops=focalops.cli:main"]},
+)
+SDIST = "sdist" in sys.argv[1:]  # pip's build_sdist runs `setup.py sdist`; every other command builds
+# The source distribution: the sources (MANIFEST.in) and the range of torch they build against.
+SDIST_REQUIRES = ["torch>=2.4", "numpy"]
 
 try:
     import torch
 except ImportError:  # an isolated build environment has no torch: never let pip fetch one
+    if SDIST or sys.argv[1:2] == ["egg_info"]:  # `python -m build --sdist` compiles nothing: no torch needed
+        setup(version="0.1.0", install_requires=SDIST_REQUIRES, python_requires=">=3.9", **METADATA)
+        sys.exit(0)
     sys.exit(
         "focalops: torch is not importable in this build environment. Install torch first, then build "
         "against it with: pip install --no-build-isolation ."
     )
 
-import torch.utils.cpp_extension as cpp_extension
-from setuptools import find_packages, setup
-from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+import torch.utils.cpp_extension as cpp_extension  # noqa: E402  (after the torch check)
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
@@ -119,6 +148,32 @@ def _limited_api():
     return version, f"cp3{minor}", False
 
 
+def _nvcc_archs(cuda_home):
+    """The real architectures (as ints, 75 for sm_75) this nvcc compiles for."""
+    nvcc = os.path.join(cuda_home, "bin", "nvcc")
+    try:
+        out = subprocess.run([nvcc, "--list-gpu-arch"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None  # an nvcc older than 11.0: no filter
+    return {int(m) for m in re.findall(r"\bcompute_(\d+)\b", out)}
+
+
+def _default_arch_list(cuda_home) -> str:
+    """Every architecture the build torch ships kernels for (torch._C._cuda_getArchFlags(), known
+    without a GPU, e.g. "sm_75 sm_80 sm_86 sm_90 sm_100 sm_120"), less those this nvcc cannot
+    build, with PTX for the newest so that GPUs newer than all of them still JIT-compile."""
+    flags = torch._C._cuda_getArchFlags() or ""
+    archs = sorted({int(m) for m in re.findall(r"\bsm_(\d+)\b", flags)})
+    supported = _nvcc_archs(cuda_home)
+    if supported is not None:
+        archs = [a for a in archs if a in supported]
+    if not archs:  # a torch that names no architectures: the Volta-to-Hopper baseline
+        archs = [75, 80, 90]
+    names = [f"{a // 10}.{a % 10}" for a in archs]
+    names[-1] += "+PTX"
+    return ";".join(names)
+
+
 def _want_cuda(cuda_home) -> bool:
     forced = _flag("FOCALOPS_CUDA")
     available = torch.version.cuda is not None and cuda_home is not None
@@ -130,11 +185,54 @@ def _want_cuda(cuda_home) -> bool:
     return available if forced is None else forced
 
 
+# What this build is compiled against, filled in by _extension() and written, next to the built
+# library, to focalops/_build_info.py (git-ignored; focalops/_extension.py reads it).
+BUILD_INFO = {}
+
+
+def _release_line(version: str) -> str:
+    """ "2.14.1+cu130" -> "2.14" """
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def _local_tag(info) -> str:
+    """The wheel's local version label: the CUDA version of the build torch (cu130), or cpu."""
+    return "cu" + info["torch_cuda"].replace(".", "") if info["cuda"] else "cpu"
+
+
+def _requirements(sdist: bool):
+    """A build requires the torch release line it was compiled against (as torchvision pins its
+    torch); the source distribution builds against any torch >= 2.4."""
+    if sdist:
+        return SDIST_REQUIRES
+    return ["torch=={}.*".format(_release_line(BUILD_INFO["torch_version"])), "numpy"]
+
+
+def _write_build_info(folder):
+    path = os.path.join(folder, "_build_info.py")
+    text = (
+        '"""Written by setup.py when the library was built: what focalops._C was compiled against."""\n\n'
+        + "".join(f"{key} = {value!r}\n" for key, value in BUILD_INFO.items())
+    )
+    os.makedirs(folder, exist_ok=True)
+    if not os.path.exists(path) or open(path).read() != text:
+        with open(path, "w") as f:
+            f.write(text)
+
+
 class BuildWithCpuKernels(BuildExtension):
     """Compiles csrc/cpu/kernels/*.cpp once per capability and links every copy into the extension.
 
     The default copy is linked first, so inline functions that several copies emit resolve to
-    baseline code (an AVX-512 copy of a shared inline function must never run on an AVX2 CPU)."""
+    baseline code (an AVX-512 copy of a shared inline function must never run on an AVX2 CPU).
+    Writes focalops/_build_info.py beside the built library (and into the source tree when the
+    library is copied there: --inplace and editable installs)."""
+
+    def run(self):
+        super().run()
+        _write_build_info(os.path.join(self.build_lib, "focalops"))
+        if self.inplace or getattr(self, "editable_mode", False):
+            _write_build_info(self.get_finalized_command("build_py").get_package_dir("focalops"))
 
     def build_extension(self, ext):
         if ext.name != "focalops._C":
@@ -215,9 +313,12 @@ def _extension():
     if with_cuda:
         os.environ["CUDA_HOME"] = cuda_home
         cpp_extension.CUDA_HOME = cuda_home  # read by CUDAExtension and BuildExtension
-        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
-            os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;9.0"
-            print("focalops: no GPU visible, TORCH_CUDA_ARCH_LIST defaults to 8.0;9.0")
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            os.environ["TORCH_CUDA_ARCH_LIST"] = _default_arch_list(cuda_home)
+            print(
+                "focalops: TORCH_CUDA_ARCH_LIST unset, building for the architectures torch {} ships kernels "
+                "for: {}".format(torch.__version__, os.environ["TORCH_CUDA_ARCH_LIST"])
+            )
         sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
         nvcc = opt + ["--expt-relaxed-constexpr", "-lineinfo"]
         for inc in _pip_cuda_includes():
@@ -227,6 +328,14 @@ def _extension():
     else:
         ext = CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **kwargs)
     emulate = bool(_flag("FOCALOPS_CUDA_EMULATE") or _flag("FOCALOPS_EMULATE_TSAN"))
+    BUILD_INFO.update(
+        torch_version=torch.__version__,
+        torch_cuda=torch.version.cuda,
+        cuda=with_cuda,
+        cuda_forced=_flag("FOCALOPS_CUDA"),
+        cuda_arch_list=os.environ.get("TORCH_CUDA_ARCH_LIST") if with_cuda else None,
+        cxx11_abi=bool(torch._C._GLIBCXX_USE_CXX11_ABI),
+    )
     print(
         "focalops build: torch {} | cuda kernels: {} (torch.version.cuda={}, CUDA_HOME={}) | arch list: {} | "
         "emulated cuda kernels: {} | cpu capabilities: {} | {} | OpenMP: {} | MAX_JOBS={}".format(
@@ -247,17 +356,14 @@ def _extension():
     return [ext, _emulation_extension(cxx, link)] if emulate else [ext]
 
 
+EXTENSIONS = _extension()
+
 setup(
-    name="focalops",
-    version="0.1.0",
-    description="Fast fused ops for dense one-stage detectors (RetinaNet): focal loss, anchors, NMS.",
-    packages=find_packages(include=["focalops", "focalops.*"]),
-    ext_modules=_extension(),
+    version="0.1.0" if SDIST else "0.1.0+" + _local_tag(BUILD_INFO),
+    ext_modules=EXTENSIONS,
     cmdclass={"build_ext": BuildWithCpuKernels.with_options(no_python_abi_suffix=True)},
     options={"bdist_wheel": {"py_limited_api": _limited_api()[1]}},
     python_requires=f">=3.{_limited_api()[1][3:]}",
-    install_requires=["torch>=2.4", "numpy"],
-    extras_require={"cli": ["pillow>=10.1", "tqdm", "pycocotools", "matplotlib"],
-                    "onnx": ["onnx", "onnxscript", "onnxruntime"]},  # fmt: skip
-    entry_points={"console_scripts": ["focalops=focalops.cli:main"]},
+    install_requires=_requirements(SDIST),
+    **METADATA,
 )

@@ -19,6 +19,7 @@ import torch.utils.cpp_extension as cpp_extension
 from conftest import EMULATED
 
 import focalops
+from focalops._extension import build_info
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc", "emu"))
 from kernel_resources import find_cuobjdump  # noqa: E402
@@ -29,6 +30,7 @@ CUDA_SOURCES = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
 OPS = re.findall(r'm\.def\(\s*"(\w+)\(', open(os.path.join(ROOT, "csrc", "focalops.cpp")).read())
 # CPU only by design (csrc/focalops.cpp says why).
 CPU_ONLY_OPS = {"_sigmoid_focal_loss_with_grad"}
+BUILD_INFO = build_info()
 
 
 def test_every_schema_found():
@@ -64,10 +66,91 @@ def test_emulator_kernel_resources_are_current():
 
 @pytest.mark.skipif(torch.version.cuda is None, reason="torch without CUDA: the library has CPU kernels only")
 def test_cuda_kernels_registered_when_torch_has_cuda():
-    assert focalops.has_cuda_kernels(), "torch has CUDA but focalops was built without its CUDA kernels"
+    """With a CUDA torch every op has CUDA kernels, unless the build was made with FOCALOPS_CUDA=0
+    (recorded in focalops/_build_info.py): then none has."""
+    forced_off = BUILD_INFO.get("cuda_forced") is False
+    if forced_off:
+        assert not focalops.has_cuda_kernels(), "built with FOCALOPS_CUDA=0 but CUDA kernels are registered"
+    else:
+        assert focalops.has_cuda_kernels(), "torch has CUDA but focalops was built without its CUDA kernels"
     for op in OPS:
         has = torch._C._dispatch_has_kernel_for_dispatch_key(f"focalops::{op}", "CUDA")
-        assert has != (op in CPU_ONLY_OPS), op
+        assert has == (not forced_off and op not in CPU_ONLY_OPS), op
+
+
+def fatbin_archs(library):
+    """(architectures with a cubin, architectures with PTX) in a library's fat binary, as ints (75
+    for sm_75), read with cuobjdump."""
+    tool = find_cuobjdump()
+
+    def listed(flag):
+        out = subprocess.run([tool, flag, library], capture_output=True, text=True).stdout
+        return {int(m) for m in re.findall(r"\.sm_(\d+)[a-z]?\.(?:cubin|ptx)\b", out)}
+
+    return listed("--list-elf"), listed("--list-ptx")
+
+
+def arch_list_numbers(arch_list):
+    """ "7.5;8.6;12.0+PTX" -> ({75, 86, 120}, {120}) """
+    real, ptx = set(), set()
+    for arch in arch_list.replace(" ", ";").split(";"):
+        m = re.fullmatch(r"(\d+)\.(\d)[a-z]?(\+PTX)?", arch.strip())
+        if m:
+            real.add(int(m[1]) * 10 + int(m[2]))
+            if m[3]:
+                ptx.add(int(m[1]) * 10 + int(m[2]))
+    return real, ptx
+
+
+@pytest.mark.skipif(
+    not focalops.has_cuda_kernels() or find_cuobjdump() is None or not BUILD_INFO.get("cuda_arch_list"),
+    reason="needs focalops' CUDA kernels (with the recorded arch list) and cuobjdump",
+)
+def test_fat_binary_has_every_listed_architecture():
+    """Every architecture of the build's TORCH_CUDA_ARCH_LIST has its kernels in the library, and
+    every +PTX one its PTX (what a GPU newer than all of them JIT-compiles)."""
+    import focalops._C as lib
+
+    elf, ptx = fatbin_archs(lib.__file__)
+    want_elf, want_ptx = arch_list_numbers(BUILD_INFO["cuda_arch_list"])
+    assert want_elf and want_elf <= elf, (BUILD_INFO["cuda_arch_list"], sorted(elf))
+    assert want_ptx <= ptx, (BUILD_INFO["cuda_arch_list"], sorted(ptx))
+
+
+def _setup(*args, env=None):
+    """`python setup.py ARGS` in the source tree (commands that compile nothing)."""
+    proc = subprocess.run(
+        [sys.executable, "setup.py", *args], cwd=ROOT, env={**os.environ, **(env or {})}, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.skipif(torch.version.cuda is None or shutil.which("nvcc") is None, reason="needs a CUDA torch and nvcc")
+def test_cuda_build_version_and_default_arch_list(tmp_path, monkeypatch):
+    """A CUDA build's version carries torch's CUDA (+cu130); without TORCH_CUDA_ARCH_LIST it builds
+    for every architecture torch ships kernels for, with PTX for the newest."""
+    env = {"FOCALOPS_CUDA": "1", "TORCH_CUDA_ARCH_LIST": ""}
+    out = _setup("--version", env=env)
+    assert out.strip().splitlines()[-1] == f"{focalops.__version__}+cu{torch.version.cuda.replace('.', '')}"
+    line = next(x for x in out.splitlines() if "TORCH_CUDA_ARCH_LIST unset" in x)
+    archs = line.rsplit(": ", 1)[1].split(";")
+    shipped = sorted(int(a[3:]) for a in torch._C._cuda_getArchFlags().split() if a[3:].isdigit())
+    nvcc = subprocess.run(["nvcc", "--list-gpu-arch"], capture_output=True, text=True).stdout
+    expected = [f"{a // 10}.{a % 10}" for a in shipped if f"compute_{a}" in nvcc.split()]
+    expected[-1] += "+PTX"
+    assert archs == expected
+    if find_cuobjdump() is None:
+        return
+    # What torch's extension builder makes of that list: a cubin per architecture, PTX for the newest
+    # (the library itself is checked by test_fat_binary_has_every_listed_architecture after a CUDA build).
+    monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", ";".join(archs))
+    kernel = tmp_path / "k.cu"
+    kernel.write_text("__global__ void k(float* x) { x[threadIdx.x] += 1.f; }\n")
+    lib = tmp_path / "k.so"
+    flags = cpp_extension._get_cuda_arch_flags()
+    subprocess.run(["nvcc", "-shared", "-Xcompiler", "-fPIC", *flags, str(kernel), "-o", str(lib)], check=True)
+    assert fatbin_archs(str(lib)) == arch_list_numbers(";".join(archs))
 
 
 _STUBS = {
@@ -98,13 +181,39 @@ _SKIP_NVCC = pytest.mark.skipif(
 )
 
 
+class _Compiles:
+    """nvcc runs, at most MAX_JOBS at a time (default: all at once; they take ~30 s each), started in
+    order and handed out by source."""
+
+    def __init__(self, commands, limit):
+        self.pending, self.limit, self.running, self.done = list(commands.items()), limit, {}, {}
+
+    def _start(self):
+        while self.pending and len(self.running) < self.limit:
+            source, cmd = self.pending.pop(0)
+            self.running[source] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def result(self, source):
+        """(return code, output) of the compile of `source`."""
+        self._start()
+        while source not in self.done:
+            first, proc = next(iter(self.running.items()))
+            output, _ = proc.communicate(timeout=900)
+            self.done[first] = (proc.returncode, output)
+            del self.running[first]
+            self._start()
+        return self.done[source]
+
+    def kill(self):
+        for proc in self.running.values():
+            proc.kill()
+
+
 @pytest.fixture(scope="module")
 def nvcc_jobs(nvcc_include_flags, tmp_path_factory):
-    """Starts every nvcc compile at once (they take ~30 s each) and hands out the processes."""
     out = tmp_path_factory.mktemp("nvcc_out")
-    jobs = {}
-    for source in CUDA_SOURCES:
-        cmd = [
+    commands = {
+        source: [
             "nvcc",
             "-std=c++20",
             "-arch=sm_90",
@@ -115,14 +224,15 @@ def nvcc_jobs(nvcc_include_flags, tmp_path_factory):
             "-o",
             str(out / (os.path.basename(source) + ".o")),
         ]
-        jobs[source] = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for source in CUDA_SOURCES
+    }
+    jobs = _Compiles(commands, int(os.environ.get("MAX_JOBS") or len(commands)))
     yield jobs
-    for proc in jobs.values():
-        proc.kill()
+    jobs.kill()
 
 
 @_SKIP_NVCC
 @pytest.mark.parametrize("source", CUDA_SOURCES, ids=os.path.basename)
 def test_cuda_source_compiles(source, nvcc_jobs):
-    output, _ = nvcc_jobs[source].communicate(timeout=900)
-    assert nvcc_jobs[source].returncode == 0, output[-4000:]
+    returncode, output = nvcc_jobs.result(source)
+    assert returncode == 0, output[-4000:]
