@@ -45,3 +45,4 @@ def run_device_code(code: str):
     proc = subprocess.run([sys.executable, "-c", full], capture_output=True, text=True, timeout=180)
     out = proc.stdout + proc.stderr
     return proc.returncode == 0 and "finished" in out, out[-3000:]
+
