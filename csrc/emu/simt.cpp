@@ -92,7 +92,7 @@ FO_EMU_SCHEDULER void make_context(Context* c, char* stack, size_t bytes, void (
   std::memcpy(reinterpret_cast<char*>(&regs[0]) + 4, &fpucw, 2);
   c->sp = regs;
 }
-inline void switch_context(Context* from, Context* to) { fo_emu_switch(&from->sp, to->sp); }
+FO_EMU_SCHEDULER inline void switch_context(Context* from, Context* to) { fo_emu_switch(&from->sp, to->sp); }
 #else
 struct Context {
   ucontext_t uc;
@@ -104,7 +104,7 @@ FO_EMU_SCHEDULER void make_context(Context* c, char* stack, size_t bytes, void (
   c->uc.uc_link = nullptr;
   makecontext(&c->uc, entry, 0);
 }
-inline void switch_context(Context* from, Context* to) { swapcontext(&from->uc, &to->uc); }
+FO_EMU_SCHEDULER inline void switch_context(Context* from, Context* to) { swapcontext(&from->uc, &to->uc); }
 #endif
 
 struct Resources {
