@@ -162,16 +162,22 @@ def test_import_under_another_installed_torch_says_one_line(tmp_path):
     assert "undefined symbol" not in proc.stderr and "cannot open shared object" not in proc.stderr
 
 
-def _pkg_info(text):
+def _pkg_info(text, requires_txt=None):
+    """(version, requirements) from PKG-INFO; setuptools < 68 lists the requirements only in the
+    egg-info's requires.txt (its text, when given)."""
     msg = email.message_from_string(text)
-    return msg["Version"], msg.get_all("Requires-Dist")
+    requires = msg.get_all("Requires-Dist")
+    if requires is None and requires_txt is not None:
+        requires = requires_txt.split("\n[")[0].split()
+    return msg["Version"], requires
 
 
 def test_wheel_metadata_pins_the_build_torch(tmp_path):
     """A build (wheel, editable or source install) requires the torch release line it compiles
     against, and its version names the build: +cpu here (+cu130 & co.: test_build.py)."""
     _setup("-q", "egg_info", "--egg-base", str(tmp_path), env={"FOCALOPS_CUDA": "0"})
-    version, requires = _pkg_info((tmp_path / "focalops.egg-info" / "PKG-INFO").read_text())
+    egg = tmp_path / "focalops.egg-info"
+    version, requires = _pkg_info((egg / "PKG-INFO").read_text(), (egg / "requires.txt").read_text())
     assert version == f"{focalops.__version__}+cpu"
     assert f"torch=={LINE}.*" in requires
 
@@ -182,7 +188,8 @@ def test_sdist_keeps_the_wide_range_and_every_source(tmp_path):
     with tarfile.open(tarball) as tar:
         names = tar.getnames()
         prefix = names[0].split("/")[0]
-        version, requires = _pkg_info(tar.extractfile(f"{prefix}/PKG-INFO").read().decode())
+        requires_txt = (tmp_path / "focalops.egg-info" / "requires.txt").read_text()  # this sdist run's
+        version, requires = _pkg_info(tar.extractfile(f"{prefix}/PKG-INFO").read().decode(), requires_txt)
     assert version == focalops.__version__ and "torch>=2.4" in requires
     inside = {n[len(prefix) + 1 :] for n in names}
     tracked = subprocess.run(["git", "ls-files", "csrc"], cwd=ROOT, capture_output=True, text=True).stdout.split()
