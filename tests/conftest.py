@@ -28,6 +28,21 @@ def device(request):
     return request.param
 
 
+def one_grid(device) -> int:
+    """Threads in the largest grid our elementwise launchers start on `device` (32 blocks of 256
+    threads per multiprocessor: csrc/cuda/boxes.cu, assign.cu): past this many elements a
+    kernel's grid-stride loop takes a second step. 0 on the CPU."""
+    if torch.device(device).type == "cpu":
+        return 0
+    if EMULATED:
+        import focalops._C_emu
+
+        sms = focalops._C_emu.multiprocessors()
+    else:
+        sms = torch.cuda.get_device_properties(device).multi_processor_count
+    return sms * 32 * 256
+
+
 def run_device_code(code: str):
     """Runs `code` (which names the device `{dev}`) where a device-side assert ends it: on a GPU
     in its own interpreter (the CUDA context is lost), on the emulator in this one (the failed
@@ -45,4 +60,3 @@ def run_device_code(code: str):
     proc = subprocess.run([sys.executable, "-c", full], capture_output=True, text=True, timeout=180)
     out = proc.stdout + proc.stderr
     return proc.returncode == 0 and "finished" in out, out[-3000:]
-

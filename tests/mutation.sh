@@ -109,6 +109,14 @@ mutation csrc/cuda/boxes.cuh \
   "       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {" \
   "       idx += 2 * static_cast<int64_t>(gridDim.x) * blockDim.x) {" \
   tests/test_boxes.py "CUDA box_iou: every other grid-stride step skipped"
+mutation csrc/cuda/boxes.cuh \
+  "       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {" \
+  "       i += 2 * static_cast<int64_t>(gridDim.x) * blockDim.x) {" \
+  tests/test_boxes.py "CUDA box coder: every other grid-stride step skipped"
+mutation csrc/cuda/assign.cuh \
+  "       idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {" \
+  "       idx += 2 * static_cast<int64_t>(gridDim.x) * blockDim.x) {" \
+  tests/test_assign.py "CUDA RetinaNet targets: every other grid-stride step skipped"
 
 if [[ "${1:-}" == "--list" ]]; then
   for i in "${!WHAT[@]}"; do printf '%2d  %-32s %s\n' $((i + 1)) "${FILES[$i]}" "${WHAT[$i]}"; done

@@ -2,7 +2,7 @@ import math
 
 import pytest
 import torch
-from conftest import GPU, needs_cuda, run_device_code
+from conftest import GPU, needs_cuda, one_grid, run_device_code
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -172,12 +172,27 @@ def test_retinanet_targets_match_reference(device, seed, dtype):
     )
 
 
+def test_retinanet_targets_past_one_grid(device):
+    """More anchors than one grid has threads: the kernel's grid-stride loop's second step."""
+    g = torch.Generator().manual_seed(3)
+    B, G = 2, 5
+    A = one_grid(device) // B + 37
+    anchors = torch.rand(A, 2, generator=g) * 100
+    anchors = torch.cat([anchors, anchors + 1 + torch.rand(A, 2, generator=g) * 50], dim=1)
+    gt = torch.rand(B, G, 2, generator=g) * 100
+    gt = torch.cat([gt, gt + 1 + torch.rand(B, G, 2, generator=g) * 50], dim=2)
+    labels = torch.randint(0, 80, (B, G), generator=g)
+    matched = torch.randint(-2, G, (B, A), generator=g)
+    got = focalops.retinanet_targets(*(t.to(device) for t in (matched, gt, labels, anchors)))
+    want = reference.retinanet_targets(matched, gt, labels, anchors)
+    assert torch.equal(got[0].cpu(), want[0]) and torch.equal(got[2].cpu(), want[2])
+    torch.testing.assert_close(got[1].cpu(), want[1])
+
+
 def test_retinanet_targets_no_boxes(device):
     anchors, gt, _ = make_batch(2, 0, 30, 0, device)
     matched = torch.full((2, 30), -1, dtype=torch.long, device=device)
-    cls, box, fg = focalops.retinanet_targets(
-        matched, gt, torch.zeros(2, 0, dtype=torch.long, device=device), anchors
-    )
+    cls, box, fg = focalops.retinanet_targets(matched, gt, torch.zeros(2, 0, dtype=torch.long, device=device), anchors)
     assert (cls == -1).all() and (box == 0).all() and not fg.any()
 
 
@@ -241,9 +256,7 @@ def test_opcheck_assign(device):
     torch.library.opcheck(torch.ops.focalops.assign, (anchors, gt, counts, 0.5, 0.4, True))
     matched = focalops.assign(anchors, gt, counts)
     labels = torch.randint(0, 5, (2, 4)).to(device)
-    torch.library.opcheck(
-        torch.ops.focalops.retinanet_targets, (matched, gt, labels, anchors, [1.0, 1.0, 1.0, 1.0])
-    )
+    torch.library.opcheck(torch.ops.focalops.retinanet_targets, (matched, gt, labels, anchors, [1.0, 1.0, 1.0, 1.0]))
 
 
 def test_compile_assign():
@@ -285,6 +298,7 @@ def test_cuda_kernels_registered():
 
 
 # --- CUDA: block and tile boundaries, device-side asserts -----------------------------------------
+
 
 @needs_cuda
 @pytest.mark.parametrize("A", [1023, 1024, 1025, 2049, 12_345])

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from conftest import one_grid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +31,28 @@ def test_box_iou_matches_reference(device, seed, dtype):
         assert torch.equal(out, ref)  # same float32 formula, no FMA: bit-identical
     else:
         torch.testing.assert_close(out, ref)
+
+
+def test_kernels_past_one_grid(device):
+    """More pairs / rows than one grid has threads: the grid-stride loops' second step."""
+    g = torch.Generator().manual_seed(7)
+    n = math.isqrt(one_grid(device)) + 2
+    b1, b2 = random_boxes(n, g), random_boxes(n + 1, g)
+    assert torch.equal(focalops.box_iou(b1.to(device), b2.to(device)).cpu(), reference.box_iou(b1, b2))
+    rows = one_grid(device) + 37
+    anchors = random_boxes(rows, g)
+    gt = random_boxes(rows, g)
+    deltas = torch.randn(rows, 4, generator=g)
+    enc = focalops.encode_boxes(gt.to(device), anchors.to(device)).cpu()
+    torch.testing.assert_close(enc, reference.encode_boxes(gt, anchors))
+    d = deltas.to(device, copy=True).requires_grad_(True)
+    dec = focalops.decode_boxes(d, anchors.to(device))
+    torch.testing.assert_close(dec.cpu(), reference.decode_boxes(deltas, anchors))
+    w = torch.randn(rows, 4, generator=g)
+    (dec * w.to(device)).sum().backward()
+    d_ref = deltas.clone().requires_grad_(True)
+    (reference.decode_boxes(d_ref, anchors) * w).sum().backward()
+    torch.testing.assert_close(d.grad.cpu(), d_ref.grad)
 
 
 def test_box_iou_degenerate_is_zero_not_nan(device):
@@ -147,12 +170,12 @@ def test_coder_half(device, dtype):
 
 
 def test_coder_empty(device):
-    assert focalops.decode_boxes(
-        torch.zeros(2, 0, 4, device=device), torch.zeros(0, 4, device=device)
-    ).shape == (2, 0, 4)
-    assert focalops.encode_boxes(
-        torch.zeros(0, 4, device=device), torch.zeros(0, 4, device=device)
-    ).shape == (0, 4)
+    assert focalops.decode_boxes(torch.zeros(2, 0, 4, device=device), torch.zeros(0, 4, device=device)).shape == (
+        2,
+        0,
+        4,
+    )
+    assert focalops.encode_boxes(torch.zeros(0, 4, device=device), torch.zeros(0, 4, device=device)).shape == (0, 4)
 
 
 def test_encode_no_grad():
@@ -330,9 +353,7 @@ def test_opcheck_boxes(device):
     b1, b2 = random_boxes(5, g, device=device), random_boxes(7, g, device=device)
     w = [1.0, 1.0, 1.0, 1.0]
     torch.library.opcheck(torch.ops.focalops.box_iou, (b1, b2))
-    torch.library.opcheck(
-        torch.ops.focalops.encode_boxes, (random_boxes(14, g, device=device).view(2, 7, 4), b2, w)
-    )
+    torch.library.opcheck(torch.ops.focalops.encode_boxes, (random_boxes(14, g, device=device).view(2, 7, 4), b2, w))
     d = torch.randn(2, 7, 4, generator=g, dtype=torch.float64).to(device).requires_grad_(True)
     torch.library.opcheck(torch.ops.focalops.decode_boxes, (d, b2.double(), w, math.log(1000 / 16)))
     torch.library.opcheck(

@@ -238,10 +238,19 @@ TORCH_LIBRARY_IMPL(_, PrivateUse1, m) {
   m.fallback(torch::CppFunction::makeFromBoxedFunction<&focalops::cpu_fallback>());
 }
 
-// `import focalops._C_emu` loads this library: the registrations above run, nothing else.
+// `import focalops._C_emu` loads this library: the registrations above run. Its one function,
+// multiprocessors(), is the emulated SM count (FOCALOPS_EMU_SMS), which sizes the launchers'
+// grids: the tests size inputs past one grid from it.
 extern "C" {
+static PyObject* emu_multiprocessors(PyObject*, PyObject*) {
+  return PyLong_FromLong(focalops::gpu::multiprocessors());
+}
+
 PyObject* PyInit__C_emu(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C_emu", nullptr, -1, nullptr};
+  static PyMethodDef methods[] = {
+      {"multiprocessors", emu_multiprocessors, METH_NOARGS, "The emulated device's multiprocessor count."},
+      {nullptr, nullptr, 0, nullptr}};
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C_emu", nullptr, -1, methods};
   return PyModule_Create(&module_def);
 }
 }

@@ -598,7 +598,7 @@ FO_EMU_SCHEDULER void launch(const void* kernel, dim3 grid, dim3 block, size_t d
   for (const uint64_t b : order) {
     s.block.idx = uint3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>((b / grid.x) % grid.y),
                         static_cast<unsigned>(b / (uint64_t{grid.x} * grid.y))};
-    if (__start_fo_emu_shared != __stop_fo_emu_shared) {
+    if (__stop_fo_emu_shared - __start_fo_emu_shared > 0) {
       std::memset(__start_fo_emu_shared, 0xFF, static_cast<size_t>(__stop_fo_emu_shared - __start_fo_emu_shared));
     }
     if (smem != nullptr) std::memset(smem, 0xFF, dynamic_shared);
