@@ -217,9 +217,45 @@ def _torchvision_rows(device: str) -> List[Dict]:
             )
         )  # fmt: skip
 
+    for num_classes, post_size in ((NUM_CLASSES, size), (1, 400)):  # 1 class, 400 px: DeepForest's windows
+        rows += _postprocess_rows(models, batch, post_size, num_classes, device)
+
     for impl, model in models.items():
         model.eval()
         with torch.no_grad(), _autocast(device, amp):
             t = common.measure(lambda m=model: m(image_list), device, warmup=1, repeat=repeat, max_seconds=60)
         rows.append(common.row("r50_inference", impl, "fwd", device, dtype, shape, t))
+    return rows
+
+
+def _postprocess_rows(models: Dict, batch: int, size: int, num_classes: int, device: str) -> List[Dict]:
+    """postprocess_detections alone, torchvision's vs accelerated, on head outputs laid out as
+    torchvision's RetinaNet.forward hands them over (per-level views of one tensor). The logits
+    are random with ~6% of the scores above score_thresh (0.05), as a trained model's are."""
+    from torchvision.models.detection.image_list import ImageList
+
+    tv = models["torchvision"]
+    levels = [size // stride for stride in (8, 16, 32, 64, 128)]
+    per_level = [n * n * tv.anchor_generator.num_anchors_per_location()[0] for n in levels]
+    images = ImageList(torch.zeros(batch, 3, size, size, device=device), [(size, size)] * batch)
+    features = [torch.zeros(batch, 1, n, n, device=device) for n in levels]
+    anchors = [list(a.split(per_level)) for a in tv.anchor_generator(images, features)]
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(batch, sum(per_level), num_classes, generator=g) - 4.5
+    deltas = torch.randn(batch, sum(per_level), 4, generator=g) * 0.5
+    head_outputs = {
+        "cls_logits": list(logits.to(device).split(per_level, dim=1)),
+        "bbox_regression": list(deltas.to(device).split(per_level, dim=1)),
+    }
+    above = float((logits.sigmoid() > tv.score_thresh).float().mean())
+    shape = f"{batch}x{size}x{size} A={sum(per_level)} K={num_classes}"
+    rows = []
+    for impl in ("torchvision", "torchvision+accelerate"):
+        model = models[impl].eval()
+        with torch.no_grad():
+            t = common.measure(
+                lambda m=model: m.postprocess_detections(head_outputs, anchors, images.image_sizes), device, repeat=9
+            )
+        note = f"{100 * above:.1f}% of scores above {tv.score_thresh}"
+        rows.append(common.row("r50_postprocess_detections", impl, "fwd", device, "float32", shape, t, note=note))
     return rows

@@ -236,6 +236,11 @@ def postprocess(
             topk_idxs = topk_idxs[idxs]
             anchor_idxs = torch.div(topk_idxs, num_classes, rounding_mode="floor")
             labels_l = topk_idxs % num_classes
+            # the boxes decoded must come from finite numbers (the others are never read)
+            if not bool(deltas_l[anchor_idxs].isfinite().all()):
+                raise RuntimeError("postprocess: box_deltas contains NaN or inf")
+            if not bool(anchors_l[anchor_idxs].isfinite().all()):
+                raise RuntimeError("postprocess: anchors contain NaN or inf")
             boxes_l = decode_boxes(deltas_l[anchor_idxs].to(dtype), anchors_l[anchor_idxs].to(dtype))
             boxes_l = torch.stack(
                 (

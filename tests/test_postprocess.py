@@ -216,6 +216,18 @@ def test_non_finite_deltas_anchors_and_bad_image_sizes_rejected_on_cpu():
     for v in (math.nan, math.inf):
         with pytest.raises(RuntimeError, match="anchors contain NaN or inf"):
             focalops.postprocess(logits, deltas, anchors.index_fill(0, torch.tensor([399]), v), ls, sizes)
+    # rows no candidate reads are not checked (nor read): the result is the finite one's
+    quiet = logits.index_fill(1, torch.tensor([3, 399]), -10.0)  # scores below the threshold
+    want = focalops.postprocess(quiet, deltas, anchors, ls, sizes)
+    got = focalops.postprocess(
+        quiet,
+        deltas.index_fill(1, torch.tensor([3]), math.nan),
+        anchors.index_fill(0, torch.tensor([399]), math.inf),
+        ls,
+        sizes,
+    )
+    for g, w in zip(got, want):
+        assert torch.equal(g, w)
     for v, text in ((-10.0, "-10"), (math.nan, "nan"), (math.inf, "inf")):
         bad = sizes.clone()
         bad[1, 1] = v
@@ -244,6 +256,7 @@ def test_cpp_checks():
 
 
 # --- CUDA: RetinaNet size and the tiled NMS bitmask ----------------------------------------------
+
 
 def retinanet_size_inputs(num_images=2, num_classes=80, seed=0, device="cpu"):
     """A 640 x 1024 input: 122,760 anchors x 80 classes. Each (image, level) has 1,200 candidate

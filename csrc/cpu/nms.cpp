@@ -336,23 +336,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> postprocess_impl(cons
   T* os = out_scores.data_ptr<T>();
   int64_t* ol = out_labels.data_ptr<int64_t>();
   int64_t* oc = counts.data_ptr<int64_t>();
+  // The deltas and anchors of the boxes decoded are checked here, as they are read: a separate
+  // pass over all of them would cost more than this step (at K = 1 the deltas are 4x the logits).
+  std::vector<uint8_t> bad_delta(B, 0), bad_anchor(B, 0);
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       std::vector<T> boxes, scores;
       std::vector<float> boxes_f;
       std::vector<int64_t> labels;
       const T height = sizes[2 * b], width = sizes[2 * b + 1];
+      bool finite_deltas = true, finite_anchors = true;
       for (int64_t l = 0; l < L_; ++l) {
         for (const auto& c : cands[b * L_ + l]) {
           const int64_t a = starts[l] + c.idx / K;
+          const T* d = deltas + (b * A + a) * 4;
+          const T* an = anc + a * 4;
+          finite_deltas &= std::isfinite(d[0]) & std::isfinite(d[1]) & std::isfinite(d[2]) & std::isfinite(d[3]);
+          finite_anchors &= std::isfinite(an[0]) & std::isfinite(an[1]) & std::isfinite(an[2]) & std::isfinite(an[3]);
           T box[4];
-          math::decode_box(deltas + (b * A + a) * 4, anc + a * 4, w, clamp, box);
+          math::decode_box(d, an, w, clamp, box);
           math::clip_box(box, height, width);
           boxes.insert(boxes.end(), box, box + 4);
           for (int k = 0; k < 4; ++k) boxes_f.push_back(static_cast<float>(box[k]));
           scores.push_back(c.score);
           labels.push_back(c.idx % K);
         }
+      }
+      if (!(finite_deltas && finite_anchors)) {
+        bad_delta[b] = !finite_deltas;
+        bad_anchor[b] = !finite_anchors;
+        continue;
       }
       const auto keep = nms_core(boxes_f.data(), scores.data(), labels.data(), static_cast<int64_t>(scores.size()), nms_thr, D);
       for (size_t r = 0; r < keep.size(); ++r) {
@@ -363,6 +376,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> postprocess_impl(cons
       oc[b] = static_cast<int64_t>(keep.size());
     }
   });
+  const auto image_with = [&](const std::vector<uint8_t>& flags) { return std::find(flags.begin(), flags.end(), 1) - flags.begin(); };
+  TORCH_CHECK(image_with(bad_delta) == B, "postprocess: box_deltas contains NaN or inf (image ", image_with(bad_delta),
+              ", a candidate's deltas)");
+  TORCH_CHECK(image_with(bad_anchor) == B, "postprocess: anchors contain NaN or inf (a candidate's anchor, image ",
+              image_with(bad_anchor), ")");
   return {out_boxes, out_scores, out_labels, counts};
 }
 
@@ -371,9 +389,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> postprocess_cpu(
     const at::Tensor& image_sizes, double score_thresh, int64_t topk_candidates, double nms_thresh, int64_t detections_per_img) {
   check_postprocess_args(cls_logits, box_deltas, anchors, level_sizes, image_sizes, score_thresh, topk_candidates, nms_thresh,
                          detections_per_img);
-  // Non-finite deltas or anchors would decode into NaN boxes (e.g. inf * a zero width).
-  TORCH_CHECK(at::isfinite(box_deltas).all().item<bool>(), "postprocess: box_deltas contains NaN or inf");
-  TORCH_CHECK(at::isfinite(anchors).all().item<bool>(), "postprocess: anchors contain NaN or inf");
   const at::Tensor logits = cls_logits.contiguous();
   const at::Tensor deltas = box_deltas.contiguous();
   const at::Tensor anc = anchors.contiguous();

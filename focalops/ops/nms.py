@@ -195,8 +195,9 @@ def postprocess(
         ValueError: wrong shapes or devices, ``level_sizes`` not summing to ``A``, a negative
             threshold, a count out of range.
         RuntimeError: NaN in ``cls_logits`` (found while scanning the scores, so not when
-            ``detections_per_img`` is 0), NaN or inf in ``box_deltas`` or ``anchors``, a negative
-            or non-finite image size. On CUDA, where a data check would cost a synchronisation,
+            ``detections_per_img`` is 0), NaN or inf in the ``box_deltas`` or ``anchors`` rows of a
+            candidate (checked as they are decoded: the rows no candidate reads are not), a
+            negative or non-finite image size. On CUDA, where a data check would cost a synchronisation,
             only the image sizes are checked (a device-side assertion); a NaN logit is never a
             detection but may take one of its level's top-k slots, and non-finite deltas or
             anchors give NaN boxes that suppress nothing.
