@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 import focalops
-from focalops.torchvision_retinanet import _AcceleratedRetinaNet
+from focalops.torchvision_retinanet import _AcceleratedRetinaNet, _joined
 
 tv_ops = pytest.importorskip("torchvision.ops")
 detection = pytest.importorskip("torchvision.models.detection")
@@ -84,6 +84,26 @@ def test_postprocess_outputs_do_not_require_grad():
     anchors = _boxes(18, 7)
     out = focalops.postprocess(logits, deltas, anchors, [18], torch.tensor([[64.0, 64.0]]))
     assert not any(t.requires_grad for t in out)
+
+
+def test_joined_head_outputs_are_a_view_only_of_consecutive_slices():
+    whole = torch.randn(2, 30, 5)
+    parts = list(whole.split([16, 0, 10, 4], dim=1))  # as RetinaNet.forward hands them over
+    joined = _joined(parts, 1)
+    assert torch.equal(joined, whole) and joined.data_ptr() == whole.data_ptr()
+    anchors = torch.randn(30, 4)
+    assert _joined(list(anchors.split([16, 14])), 0).data_ptr() == anchors.data_ptr()
+    # anything else is concatenated: separate tensors, slices out of order or with a gap, other strides
+    cases = [
+        [t.clone() for t in parts],
+        [parts[2], parts[0]],
+        [whole[:, :10], whole[:, 12:]],
+        [whole[:, :10], whole[:, 10:].contiguous()],
+        [whole[:1, :10], whole[1:, 10:]],
+    ]
+    for case in cases:
+        joined = _joined(case, 1)
+        assert torch.equal(joined, torch.cat(case, 1)) and joined.data_ptr() != whole.data_ptr()
 
 
 def test_focal_loss_soft_target_gradient_is_torchvision():
