@@ -45,8 +45,7 @@ other-torch:
 # torch keep allocations until exit). --capture=sys: a sanitizer writes its report to file
 # descriptor 2 and ends the process, so pytest must not capture that descriptor.
 SANITIZE_LIB = build/sanitize/lib
-SANITIZE_TESTS = test_focal_loss.py test_boxes.py test_assign.py test_nms.py test_postprocess.py test_hostile.py \
-	test_cpu_capabilities.py::test_capabilities_agree
+SANITIZE_TESTS = $(shell grep -v '^\#' tests/op_tests.txt) test_cpu_capabilities.py::test_capabilities_agree
 sanitize: setup
 	FOCALOPS_SANITIZE=1 FOCALOPS_CUDA_EMULATE=1 $(PYTHON) setup.py -q build_py --build-lib $(SANITIZE_LIB) \
 		build_ext --build-lib $(SANITIZE_LIB) --build-temp build/sanitize/temp

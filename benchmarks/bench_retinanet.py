@@ -102,7 +102,7 @@ def _bench_impl(model, impl: str, case: Dict, t_step: Dict) -> List[Dict]:
             model.detect(cls_logits, box_deltas, anchors, case["level_sizes"], case["image_sizes"])
 
     t_post = common.measure(post, device, warmup=2, repeat=repeat)
-    note = f"{batch} images; on reference: {','.join(model.ops_on_reference) or 'none'}"
+    note = f"{batch} images"
     rows.append(common.row("retinanet_postprocess", impl, "fwd", device, logit_dtype, shape, t_post, note=note))
     return rows
 

@@ -17,7 +17,6 @@ import sys
 import warnings
 from typing import Dict, List, Optional, Set
 
-from focalops.export import add_export_arguments, run_export
 from focalops.models import backbone_names
 
 # The packages of the `focalops[cli]` extra, by import name: a missing one is named in one line.
@@ -539,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
         "`import focalops; torch.export.load(path).module()`. With --onnx: an ONNX model of standard operators "
         "that ONNX Runtime runs without focalops (`onnxruntime.InferenceSession(path)`).",
     )
-    add_export_arguments(p)
+    _add_export_arguments(p)
 
     p = sub.add_parser(
         "bench",
@@ -594,8 +593,46 @@ def _one_line_warnings():
 
 
 def _export(args, explicit) -> int:
-    run_export(args)
+    """``focalops export``: writes the program (and AOTInductor package) or the ONNX model."""
+    from focalops.errors import ConfigError, one_line
+    from focalops.export import aoti_path, export_checkpoint
+
+    onnx = getattr(args, "onnx", False)
+    try:
+        path = export_checkpoint(args.checkpoint, args.output, args.score_thresh, args.image_size, args.aoti, onnx)
+    except ImportError as exc:
+        if not onnx:
+            raise
+        raise ConfigError(f"--onnx: {one_line(exc)}") from None
+    written = [path] + ([aoti_path(path)] if args.aoti else [])
+    kind = "ONNX model" if onnx else "program"
+    print("focalops export: wrote " + " and ".join(written) + f" ({os.path.getsize(path) / 2**20:.1f} MiB {kind})")
     return 0
+
+
+def _add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``focalops export CKPT -o model.pt2 [--score-thresh T] [--image-size S] [--aoti | --onnx]``."""
+    parser.add_argument("checkpoint", help="a last.pth written by train")
+    parser.add_argument("--output", "-o", required=True, help="the torch.export program to write (model.pt2)")
+    parser.add_argument("--score-thresh", type=float, help="detection score threshold (default: the checkpoint's)")
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        help="example input size traced and recorded as the resize to apply (default: as trained, else 512); "
+        "the program takes any size",
+    )
+    formats = parser.add_mutually_exclusive_group()
+    formats.add_argument(
+        "--aoti",
+        action="store_true",
+        help="also write an AOTInductor package (<output stem>.aoti.pt2); compiles C++: minutes",
+    )
+    formats.add_argument(
+        "--onnx",
+        action="store_true",
+        help="write an ONNX model (standard operators, opset 18; runs in ONNX Runtime without focalops) "
+        "to --output (model.onnx) instead; needs onnx and onnxscript",
+    )
 
 
 _COMMANDS = {"train": _train, "eval": _eval, "predict": _predict, "export": _export}

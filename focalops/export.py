@@ -17,14 +17,11 @@ and the ONNX model needs only ONNX Runtime::
     boxes, scores, labels, counts = session.run(None, {"images": images})  # numpy float32
 """
 
-import argparse
 import json
-import os
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from focalops.errors import ConfigError, one_line
 from focalops.models.retinanet import EXPORT_MIN_SIZE, PREPROCESSING, export_batch_detector
 
 METADATA_FILE = "focalops.json"  # the .pt2 archive entry (torch.export.save extra_files)
@@ -135,46 +132,6 @@ def read_metadata(path: str) -> Dict[str, Any]:
     if not text:
         raise ValueError(f"export: {path} has no focalops metadata")
     return json.loads(text)
-
-
-def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    """The arguments of ``focalops export CKPT -o model.pt2 [--score-thresh T] [--image-size S] [--aoti | --onnx]``."""
-    parser.add_argument("checkpoint", help="a last.pth written by train")
-    parser.add_argument("--output", "-o", required=True, help="the torch.export program to write (model.pt2)")
-    parser.add_argument("--score-thresh", type=float, help="detection score threshold (default: the checkpoint's)")
-    parser.add_argument(
-        "--image-size",
-        type=int,
-        help="example input size traced and recorded as the resize to apply (default: as trained, else 512); "
-        "the program takes any size",
-    )
-    formats = parser.add_mutually_exclusive_group()
-    formats.add_argument(
-        "--aoti",
-        action="store_true",
-        help="also write an AOTInductor package (<output stem>.aoti.pt2); compiles C++: minutes",
-    )
-    formats.add_argument(
-        "--onnx",
-        action="store_true",
-        help="write an ONNX model (standard operators, opset 18; runs in ONNX Runtime without focalops) "
-        "to --output (model.onnx) instead; needs onnx and onnxscript",
-    )
-
-
-def run_export(args: argparse.Namespace) -> str:
-    """Runs ``focalops export`` from parsed :func:`add_export_arguments`; prints and returns the program path."""
-    onnx = getattr(args, "onnx", False)
-    try:
-        path = export_checkpoint(args.checkpoint, args.output, args.score_thresh, args.image_size, args.aoti, onnx)
-    except ImportError as exc:
-        if not onnx:
-            raise
-        raise ConfigError(f"--onnx: {one_line(exc)}") from None
-    written = [path] + ([aoti_path(path)] if args.aoti else [])
-    kind = "ONNX model" if onnx else "program"
-    print("focalops export: wrote " + " and ".join(written) + f" ({os.path.getsize(path) / 2**20:.1f} MiB {kind})")
-    return path
 
 
 def export_torchvision(

@@ -25,14 +25,8 @@ ORDER = ["default", "avx2", "avx512"]
 # ATen's own choice for this host (it never exceeds what the CPU has).
 BEST = {"AVX512": "avx512", "AVX2": "avx2"}.get(torch.backends.cpu.get_cpu_capability(), "default")
 RUNNABLE = ORDER[: ORDER.index(BEST) + 1] if X86 else ["default"]
-OP_TESTS = [
-    "test_focal_loss.py",
-    "test_boxes.py",
-    "test_assign.py",
-    "test_nms.py",
-    "test_postprocess.py",
-    "test_hostile.py",
-]
+with open(os.path.join(ROOT, "tests", "op_tests.txt")) as f:  # the one list (the Makefile reads it too)
+    OP_TESTS = [line.strip() for line in f if line.strip() and not line.startswith("#")]
 IN_SUBPROCESS = "FOCALOPS_CAPABILITY_SUBPROCESS"
 
 

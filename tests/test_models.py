@@ -172,7 +172,6 @@ def test_focalops_and_reference_ops_give_the_same_step(seed):
         sum(out.values()).backward()
         losses[ops] = {k: v.detach() for k, v in out.items()}
         grads[ops] = {n: p.grad.clone() for n, p in model.named_parameters()}
-    assert model.ops_on_reference == ["assign", "retinanet_targets", "sigmoid_focal_loss", "postprocess"]
     for k in losses["focalops"]:
         torch.testing.assert_close(losses["focalops"][k], losses["reference"][k], rtol=1e-5, atol=1e-6)
     for n in grads["focalops"]:

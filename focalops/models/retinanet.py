@@ -36,19 +36,8 @@ def _ops_table(name: str) -> _Ops:
         raise ValueError(f"RetinaNet: ops must be 'focalops' or 'reference', got {name!r}")
     src = focalops if name == "focalops" else reference
 
-    def pick(op: str):
-        # An op not (yet) exported by focalops runs on its reference behind the same call;
-        # `RetinaNet.ops_on_reference` lists them.
-        return getattr(src, op, None) or getattr(reference, op)
-
     # Anchors are generated once per feature-map size and cached: one generator serves both.
-    return _Ops(
-        focalops.AnchorGenerator,
-        pick("assign"),
-        pick("retinanet_targets"),
-        pick("sigmoid_focal_loss"),
-        pick("postprocess"),
-    )
+    return _Ops(focalops.AnchorGenerator, src.assign, src.retinanet_targets, src.sigmoid_focal_loss, src.postprocess)
 
 
 class _Subnet(nn.Module):
@@ -251,13 +240,6 @@ class RetinaNet(nn.Module):
     @property
     def ops(self) -> str:
         return self._ops_name
-
-    @property
-    def ops_on_reference(self) -> List[str]:
-        """Names of the ops that run on ``focalops.reference`` (all of them with ``ops="reference"``)."""
-        from focalops import reference
-
-        return [op for op in _Ops._fields[1:] if getattr(self._ops, op) is getattr(reference, op)]
 
     @ops.setter
     def ops(self, name: str) -> None:
