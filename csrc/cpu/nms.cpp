@@ -118,9 +118,6 @@ void greedy_nms(cpu::Columns c, int64_t n, float thr, uint8_t* keep) {
   greedy_nms_dense(c, n, thr, keep);
 }
 
-// Indices of the kept boxes in decreasing score order (ties: lower index first), at most
-// max_keep of them. Boxes of different classes never suppress each other (classes may be
-// null: one class).
 // Unsigned key whose ascending order is the descending order of the score (NaN excluded;
 // -0 and +0 tie, as they compare equal).
 inline uint64_t descending_key(float s) {
@@ -138,6 +135,9 @@ inline uint64_t descending_key(double s) {
   return ~ascending;
 }
 
+// Indices of the kept boxes in decreasing score order (ties: lower index first), at most
+// max_keep of them. Boxes of different classes never suppress each other (classes may be
+// null: one class).
 template <typename S>
 std::vector<int64_t> nms_core(const float* boxes, const S* scores, const int64_t* classes, int64_t n, float thr,
                               int64_t max_keep) {
@@ -330,7 +330,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> postprocess_impl(cons
 
   // 2. Per image: decode, clip, class-aware NMS, write the first D kept.
   const math::BoxWeights w{1.f, 1.f, 1.f, 1.f};
-  const T clamp = static_cast<T>(std::log(1000.0 / 16));
+  const T clamp = static_cast<T>(math::kBoxDeltaClamp);
   const float nms_thr = static_cast<float>(nms_thresh);
   T* ob = out_boxes.data_ptr<T>();
   T* os = out_scores.data_ptr<T>();

@@ -127,7 +127,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> postprocess_cuda(
   at::Tensor cand_labels = at::empty({B, M}, long_opts);
   at::Tensor cand_keys = at::empty({B, M}, long_opts);
   const cudaStream_t stream = gpu::current_stream();
-  const double clamp = std::log(1000.0 / 16);
+  const double clamp = math::kBoxDeltaClamp;
 
   // 1. Per level: top-k logits of every image (the threshold is applied to their scores).
   int64_t anchor_start = 0, slot = 0;

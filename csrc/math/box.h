@@ -51,8 +51,11 @@ FO_HD void encode_box(const T* gt, const T* anchor, BoxWeights w, T* out) {
   out[3] = T(w.wh) * log_(gh / ah);
 }
 
+// torchvision's bound on dw, dh when decoding: log(1000 / 16) (BoxCoder.bbox_xform_clip).
+constexpr double kBoxDeltaClamp = 4.135166556742356;
+
 // Box from deltas and anchor (BoxCoder.decode_single); dw, dh clamped at `clamp`
-// (torchvision: log(1000 / 16)) so exp() cannot overflow.
+// (kBoxDeltaClamp in RetinaNet's post-processing) so exp() cannot overflow.
 template <typename T>
 FO_HD void decode_box(const T* delta, const T* anchor, BoxWeights w, T clamp, T* out) {
   const T aw = anchor[2] - anchor[0];
