@@ -43,7 +43,9 @@ from setuptools import find_packages, setup
 METADATA = dict(
     name="focalops",
     description="Fast fused ops for dense one-stage detectors (RetinaNet): focal loss, anchors, NMS.",
-    packages=find_packages(include=["focalops", "focalops.*"]),
+    # The benchmark suite ships as focalops.benchmarks (`focalops bench` after any install).
+    packages=find_packages(include=["focalops", "focalops.*"]) + ["focalops.benchmarks"],
+    package_dir={"focalops.benchmarks": "benchmarks"},
     extras_require={
         "cli": ["pillow>=10.1", "tqdm", "pycocotools", "matplotlib"],
         "onnx": ["onnx", "onnxscript", "onnxruntime"],
@@ -210,9 +212,8 @@ def _requirements(sdist: bool):
 
 def _write_build_info(folder):
     path = os.path.join(folder, "_build_info.py")
-    text = (
-        '"""Written by setup.py when the library was built: what focalops._C was compiled against."""\n\n'
-        + "".join(f"{key} = {value!r}\n" for key, value in BUILD_INFO.items())
+    text = '"""Written by setup.py when the library was built: what focalops._C was compiled against."""\n\n' + "".join(
+        f"{key} = {value!r}\n" for key, value in BUILD_INFO.items()
     )
     os.makedirs(folder, exist_ok=True)
     if not os.path.exists(path) or open(path).read() != text:

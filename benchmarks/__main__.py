@@ -1,4 +1,5 @@
-"""Run the benchmark suite: a table on stdout, JSON and a PNG chart under benchmarks/results/."""
+"""Run the benchmark suite: a table on stdout, JSON and a PNG chart under benchmarks/results/ (installed,
+`focalops bench`: under ./focalops-bench-results)."""
 
 import argparse
 import importlib
@@ -11,7 +12,14 @@ import time
 import torch
 
 import focalops
-from benchmarks import common
+
+from . import common
+
+# The suite is the checkout's `benchmarks` package and, installed, `focalops.benchmarks` (the same
+# files: setup.py maps it): `focalops bench` runs it from any install, writing to the working
+# directory rather than into site-packages.
+_INSTALLED = __package__ != "benchmarks"
+DEFAULT_OUT = "focalops-bench-results" if _INSTALLED else os.path.join(os.path.dirname(__file__), "results")
 
 # Every benchmark module, in the order they run.
 FAMILIES = ["focal_loss", "assign", "nms", "retinanet"]
@@ -67,13 +75,15 @@ def _chart(rows, path):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="focalops bench" if _INSTALLED else "python -m benchmarks", description=__doc__
+    )
     parser.add_argument(
         "--only", default=",".join(FAMILIES), help="comma-separated families (default: all: %(default)s)"
     )
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (cpu, plus cuda when present)")
     parser.add_argument("--quick", action="store_true", help="smaller sizes and fewer repeats (a smoke run)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"), help="output folder")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="output folder (default: %(default)s)")
     parser.add_argument(
         "--cpu-capability",
         choices=["default", "avx2", "avx512"],
@@ -90,7 +100,7 @@ def main(argv=None) -> int:
         # then: inductor's CPU code is much slower under an explicit ATEN_CPU_CAPABILITY=avx512.)
         env = {**os.environ, "ATEN_CPU_CAPABILITY": args.cpu_capability}
         args_again = argv if argv is not None else sys.argv[1:]
-        return subprocess.call([sys.executable, "-m", "benchmarks", *args_again], env=env)
+        return subprocess.call([sys.executable, "-m", __package__, *args_again], env=env)
 
     devices = ["cpu", "cuda"] if args.device == "auto" else args.device.split(",")
     devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
@@ -99,7 +109,7 @@ def main(argv=None) -> int:
         rows = []
         for family in args.only.split(","):
             try:
-                module = importlib.import_module(f"benchmarks.bench_{family}")
+                module = importlib.import_module(f"{__package__}.bench_{family}")
             except ModuleNotFoundError:
                 print(f"[{family}: no benchmark module yet]", file=sys.stderr)
                 continue

@@ -14,8 +14,9 @@ from typing import Dict, List
 import torch
 
 import focalops
-from benchmarks import common
 from focalops import reference
+
+from . import common
 
 
 def _inputs(B: int, A: int, G: int, device: str, seed: int = 0):

@@ -14,8 +14,9 @@ from typing import Dict, List
 
 import torch
 
-from benchmarks import common
 from focalops.models import RetinaNet
+
+from . import common
 
 NUM_CLASSES = 80
 

@@ -10,8 +10,9 @@ uses this model, so it reads as "fraction of the floor achieved".
 import torch
 
 import focalops
-from benchmarks import common
 from focalops import reference
+
+from . import common
 
 
 def _cases(device, quick):

@@ -13,8 +13,9 @@ import types
 import torch
 
 import focalops
-from benchmarks import common
 from focalops import reference
+
+from . import common
 
 # Largest box count at which the reference loop runs (at 20k boxes one call took 12-27 s on a
 # 2-core CPU).

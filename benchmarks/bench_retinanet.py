@@ -12,8 +12,9 @@ from typing import Dict, List
 import torch
 
 import focalops
-from benchmarks import common
 from focalops.models import RetinaNet
+
+from . import common
 
 NUM_CLASSES = 80
 BOXES_PER_IMAGE = 12

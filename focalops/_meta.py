@@ -73,10 +73,30 @@ def _sigmoid_focal_loss_backward_fake(grad, inputs, targets, alpha, gamma, ignor
 # Boxes, assignment, box coding (csrc/checks/boxes.h)
 
 
+# How c10 prints a dtype and a double (ostream: 6 significant digits), for the same messages.
+_CPP_DTYPES = {
+    torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
+    torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
+    torch.bool: "Bool", torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble",
+}  # fmt: skip
+
+
+def _dt(t) -> str:
+    return _CPP_DTYPES.get(t.dtype, str(t.dtype))
+
+
+def _sizes(t) -> str:
+    return str(list(t.shape))
+
+
+def _doubles(values) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
+
 def _check_box_dtype(op, name, t):
     torch._check(
         t.dtype in FLOATS,
-        lambda: f"{op}: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}",
+        lambda: f"{op}: {name} must be float32, float64, float16 or bfloat16, got {_dt(t)}",
     )
 
 
@@ -84,29 +104,35 @@ def _check_box_dtype(op, name, t):
 def _box_iou_fake(boxes1, boxes2):
     _check_box_dtype("box_iou", "boxes1", boxes1)
     torch._check(
-        boxes1.dim() == 2 and boxes1.shape[1] == 4,
-        lambda: f"box_iou: boxes1 must be [N, 4], got {boxes1.shape}",
+        boxes1.dim() == 2 and boxes1.shape[1] == 4, lambda: f"box_iou: boxes1 must be [N, 4], got {_sizes(boxes1)}"
     )
     torch._check(
-        boxes2.dim() == 2 and boxes2.shape[1] == 4,
-        lambda: f"box_iou: boxes2 must be [M, 4], got {boxes2.shape}",
+        boxes2.dim() == 2 and boxes2.shape[1] == 4, lambda: f"box_iou: boxes2 must be [M, 4], got {_sizes(boxes2)}"
     )
     torch._check(boxes2.dtype == boxes1.dtype, lambda: "box_iou: boxes2 must have the dtype of boxes1")
+    torch._check(boxes1.device == boxes2.device, lambda: "box_iou: boxes1 and boxes2 must be on the same device")
     return boxes1.new_empty((boxes1.shape[0], boxes2.shape[0]))
 
 
 def _check_box_weights(op, weights):
     torch._check(
         len(weights) == 4 and all(w > 0 and math.isfinite(w) for w in weights),
-        lambda: f"{op}: weights must be 4 positive finite numbers (wx, wy, ww, wh), got {list(weights)}",
+        lambda: f"{op}: weights must be 4 positive finite numbers (wx, wy, ww, wh), got {_doubles(weights)}",
     )
 
 
 def _check_coder(op, name, a, anchors, weights):
     _check_box_dtype(op, name, a)
-    torch._check(a.dim() >= 1 and a.shape[-1] == 4, lambda: f"{op}: {name} must be [..., 4], got {a.shape}")
-    torch._check(anchors.dim() >= 1 and anchors.shape[-1] == 4, lambda: f"{op}: anchors must be [..., 4]")
+    torch._check(a.dim() >= 1 and a.shape[-1] == 4, lambda: f"{op}: {name} must be [..., 4], got {_sizes(a)}")
+    torch._check(
+        anchors.dim() >= 1 and anchors.shape[-1] == 4, lambda: f"{op}: anchors must be [..., 4], got {_sizes(anchors)}"
+    )
     torch._check(anchors.dtype == a.dtype, lambda: f"{op}: anchors must have the dtype of {name}")
+    torch._check(anchors.device == a.device, lambda: f"{op}: anchors must be on the device of {name}")
+    torch._check(
+        a.numel() % anchors.numel() == 0 if anchors.numel() > 0 else a.numel() == 0,
+        lambda: f"{op}: anchors {_sizes(anchors)} do not repeat evenly along {name} {_sizes(a)}",
+    )
     _check_box_weights(op, weights)
 
 
@@ -134,40 +160,64 @@ def _decode_boxes_backward_fake(grad, deltas, anchors, weights, clamp):
     return torch.empty_like(deltas, memory_format=torch.contiguous_format)
 
 
+# Assignment and RetinaNet targets (csrc/checks/boxes.h: check_assign_args, check_targets_args)
+
+
 @torch.library.register_fake("focalops::assign")
 def _assign_fake(anchors, gt_boxes, gt_counts, fg_iou, bg_iou, allow_low_quality):
-    torch._check(anchors.dtype == torch.float32, lambda: f"assign: anchors must be float32, got {anchors.dtype}")
-    torch._check(gt_boxes.dtype == torch.float32, lambda: f"assign: gt_boxes must be float32, got {gt_boxes.dtype}")
-    torch._check(gt_counts.dtype == torch.int64, lambda: f"assign: gt_counts must be int64, got {gt_counts.dtype}")
+    torch._check(anchors.dtype == torch.float32, lambda: f"assign: anchors must be float32, got {_dt(anchors)}")
+    torch._check(gt_boxes.dtype == torch.float32, lambda: f"assign: gt_boxes must be float32, got {_dt(gt_boxes)}")
+    torch._check(gt_counts.dtype == torch.int64, lambda: f"assign: gt_counts must be int64, got {_dt(gt_counts)}")
     torch._check(
-        anchors.dim() == 2 and anchors.shape[1] == 4,
-        lambda: f"assign: anchors must be [A, 4], got {anchors.shape}",
+        anchors.dim() == 2 and anchors.shape[1] == 4, lambda: f"assign: anchors must be [A, 4], got {_sizes(anchors)}"
     )
     torch._check(
         gt_boxes.dim() == 3 and gt_boxes.shape[2] == 4,
-        lambda: f"assign: gt_boxes must be [B, G, 4], got {gt_boxes.shape}",
+        lambda: f"assign: gt_boxes must be [B, G, 4], got {_sizes(gt_boxes)}",
+    )
+    torch._check(
+        gt_counts.dim() == 1 and gt_counts.shape[0] == gt_boxes.shape[0],
+        lambda: f"assign: gt_counts must be [B] = [{gt_boxes.shape[0]}], got {_sizes(gt_counts)}",
+    )
+    torch._check(
+        anchors.device == gt_boxes.device and anchors.device == gt_counts.device,
+        lambda: "assign: anchors, gt_boxes and gt_counts must be on one device",
     )
     torch._check(
         0 <= bg_iou <= fg_iou <= 1,
-        lambda: f"assign: need 0 <= bg_iou <= fg_iou <= 1, got fg_iou={fg_iou} and bg_iou={bg_iou}",
+        lambda: f"assign: need 0 <= bg_iou <= fg_iou <= 1, got fg_iou={fg_iou:g} and bg_iou={bg_iou:g}",
     )
     return anchors.new_empty((gt_boxes.shape[0], anchors.shape[0]), dtype=torch.int64)
 
 
 @torch.library.register_fake("focalops::retinanet_targets")
 def _retinanet_targets_fake(matched, gt_boxes, gt_labels, anchors, weights, num_classes=None):
+    op = "retinanet_targets"
     torch._check(
         matched.dtype == torch.int64 and matched.dim() == 2,
-        lambda: "retinanet_targets: matched must be int64 [B, A]",
+        lambda: f"{op}: matched must be int64 [B, A], got {_dt(matched)} {_sizes(matched)}",
     )
-    _check_box_dtype("retinanet_targets", "gt_boxes", gt_boxes)
-    torch._check(anchors.dtype == gt_boxes.dtype, lambda: "retinanet_targets: anchors must have the dtype of gt_boxes")
-    _check_box_weights("retinanet_targets", weights)
-    torch._check(
-        num_classes is None or num_classes >= 0,
-        lambda: f"retinanet_targets: num_classes must be >= 0, got {num_classes}",
-    )
+    _check_box_dtype(op, "gt_boxes", gt_boxes)
+    torch._check(anchors.dtype == gt_boxes.dtype, lambda: f"{op}: anchors must have the dtype of gt_boxes")
     B, A = matched.shape
+    torch._check(
+        gt_boxes.dim() == 3 and gt_boxes.shape[0] == B and gt_boxes.shape[2] == 4,
+        lambda: f"{op}: gt_boxes must be [B, G, 4] with B = {B}, got {_sizes(gt_boxes)}",
+    )
+    torch._check(
+        gt_labels.dtype == torch.int64 and gt_labels.dim() == 2 and gt_labels.shape == gt_boxes.shape[:2],
+        lambda: f"{op}: gt_labels must be int64 [B, G], got {_dt(gt_labels)} {_sizes(gt_labels)}",
+    )
+    torch._check(
+        anchors.dim() == 2 and anchors.shape[0] == A and anchors.shape[1] == 4,
+        lambda: f"{op}: anchors must be [A, 4] with A = {A}, got {_sizes(anchors)}",
+    )
+    torch._check(
+        matched.device == gt_boxes.device == gt_labels.device == anchors.device,
+        lambda: f"{op}: matched, gt_boxes, gt_labels and anchors must be on one device",
+    )
+    _check_box_weights(op, weights)
+    torch._check(num_classes is None or num_classes >= 0, lambda: f"{op}: num_classes must be >= 0, got {num_classes}")
     return (
         matched.new_empty((B, A)),
         gt_boxes.new_empty((B, A, 4)),

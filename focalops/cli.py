@@ -261,20 +261,10 @@ def _report(name: str, found: Dict, thresh: float, output: Optional[str], classe
 
 # ---- bench -----------------------------------------------------------------------------------
 def bench(argv: List[str]) -> int:
-    # An editable install maps only the focalops package: find benchmarks/ beside it.
-    checkout = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    if os.path.isfile(os.path.join(checkout, "benchmarks", "__main__.py")) and checkout not in sys.path:
-        sys.path.insert(0, checkout)
-    try:
-        from benchmarks.__main__ import main as bench_main
-    except ImportError:
-        print(
-            "focalops bench: the benchmark runner (the `benchmarks` package of the focalops source tree) is not "
-            "importable; focalops was installed without it. Run `python -m benchmarks` from a source checkout "
-            "(or put the checkout on PYTHONPATH).",
-            file=sys.stderr,
-        )
-        return 2
+    """``focalops bench ARGS``: the benchmark suite (``focalops.benchmarks``, the checkout's
+    ``benchmarks/`` as installed) with its own arguments."""
+    from focalops.benchmarks.__main__ import main as bench_main
+
     return bench_main(argv)
 
 

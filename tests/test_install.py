@@ -197,6 +197,7 @@ def test_sdist_keeps_the_wide_range_and_every_source(tmp_path):
         pytest.skip("not a git checkout")
     assert set(tracked) <= inside, sorted(set(tracked) - inside)
     assert "focalops/_build_info.py" not in inside
+    assert "benchmarks/__main__.py" in inside  # installed as focalops.benchmarks (focalops bench)
 
 
 def _setup_without_torch(*args, cwd=ROOT):

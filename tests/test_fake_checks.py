@@ -1,0 +1,90 @@
+"""The fake kernels (focalops/_meta.py: what torch.compile, torch.export and FakeTensor run) state
+the C++ checks (csrc/checks/), with the same messages: on each bad call below both refuse, and
+say the same thing. Traced code then fails where eager code would, not later at run time."""
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import focalops  # noqa: F401  (the ops and their fakes)
+
+F32, F64, I64 = torch.float32, torch.float64, torch.int64
+
+
+def _t(*shape, dtype=F32):
+    return torch.zeros(shape, dtype=dtype)
+
+
+def _boxes(n):
+    return torch.tensor([[0.0, 0.0, 2.0, 2.0]]).repeat(n, 1)
+
+
+ASSIGN = [  # (anchors, gt_boxes, gt_counts, fg_iou, bg_iou, allow_low_quality)
+    (_boxes(5).double(), _t(2, 3, 4), _t(2, dtype=I64), 0.5, 0.4, True),
+    (_boxes(5), _t(2, 3, 4, dtype=F64), _t(2, dtype=I64), 0.5, 0.4, True),
+    (_boxes(5), _t(2, 3, 4), _t(2, dtype=torch.int32), 0.5, 0.4, True),
+    (_t(5, 3), _t(2, 3, 4), _t(2, dtype=I64), 0.5, 0.4, True),
+    (_boxes(5), _t(2, 3), _t(2, dtype=I64), 0.5, 0.4, True),
+    (_boxes(5), _t(2, 3, 4), _t(3, dtype=I64), 0.5, 0.4, True),
+    (_boxes(5), _t(2, 3, 4), _t(2, 1, dtype=I64), 0.5, 0.4, True),
+    (_boxes(5), _t(2, 3, 4), _t(2, dtype=I64), 0.4, 0.5, True),
+    (_boxes(5), _t(2, 3, 4), _t(2, dtype=I64), 1.5, 0.4, True),
+    (_boxes(5), _t(2, 3, 4), _t(2, dtype=I64), 0.5, -0.1, True),
+]
+
+W = [1.0, 1.0, 1.0, 1.0]
+TARGETS = [  # (matched, gt_boxes, gt_labels, anchors, weights, num_classes)
+    (_t(2, 5, dtype=torch.int32), _t(2, 3, 4), _t(2, 3, dtype=I64), _boxes(5), W, None),
+    (_t(2, dtype=I64), _t(2, 3, 4), _t(2, 3, dtype=I64), _boxes(5), W, None),
+    (_t(2, 5, dtype=I64), _t(2, 3, 4, dtype=I64), _t(2, 3, dtype=I64), _boxes(5), W, None),
+    (_t(2, 5, dtype=I64), _t(2, 3, 4), _t(2, 3, dtype=I64), _boxes(5).double(), W, None),
+    (_t(2, 5, dtype=I64), _t(3, 3, 4), _t(3, 3, dtype=I64), _boxes(5), W, None),
+    (_t(2, 5, dtype=I64), _t(2, 3, 5), _t(2, 3, dtype=I64), _boxes(5), W, None),
+    (_t(2, 5, dtype=I64), _t(2, 3, 4), _t(2, 4, dtype=I64), _boxes(5), W, None),
+    (_t(2, 5, dtype=I64), _t(2, 3, 4), _t(2, 3, dtype=torch.int32), _boxes(5), W, None),
+    (_t(2, 5, dtype=I64), _t(2, 3, 4), _t(2, 3, dtype=I64), _boxes(6), W, None),
+    (_t(2, 5, dtype=I64), _t(2, 3, 4), _t(2, 3, dtype=I64), _t(5, 3), W, None),
+    (_t(2, 5, dtype=I64), _t(2, 3, 4), _t(2, 3, dtype=I64), _boxes(5), [1.0, 0.0, 1.0, 1.0], None),
+    (_t(2, 5, dtype=I64), _t(2, 3, 4), _t(2, 3, dtype=I64), _boxes(5), [1.0, 1.0, 1.0], None),
+    (_t(2, 5, dtype=I64), _t(2, 3, 4), _t(2, 3, dtype=I64), _boxes(5), W, -1),
+]
+
+BOX_IOU = [
+    (_boxes(3).long(), _boxes(2)),
+    (_t(3, 5), _boxes(2)),
+    (_boxes(3), _t(2, 4, 1)),
+    (_boxes(3), _boxes(2).double()),
+]
+CODER = [  # decode_boxes (deltas, anchors, weights, clamp)
+    (_t(2, 5, 4, dtype=I64), _boxes(5), W, 4.0),
+    (_t(2, 5, 3), _boxes(5), W, 4.0),
+    (_t(2, 5, 4), _t(5, 2), W, 4.0),
+    (_t(2, 5, 4), _boxes(5).double(), W, 4.0),
+    (_t(2, 5, 4), _boxes(3), W, 4.0),
+    (_t(2, 5, 4), _boxes(5), [10.0, 10.0, 5.0, -5.0], 4.0),
+    (_t(2, 5, 4), _boxes(5), W, float("nan")),
+]
+
+
+def _message(fn):
+    with pytest.raises(RuntimeError) as info:
+        fn()
+    return str(info.value).splitlines()[0]
+
+
+@pytest.mark.parametrize(
+    "op, args",
+    [("box_iou", a) for a in BOX_IOU]
+    + [("decode_boxes", a) for a in CODER]
+    + [("encode_boxes", a[:3]) for a in CODER[:-1]]
+    + [("assign", a) for a in ASSIGN]
+    + [("retinanet_targets", a) for a in TARGETS],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_fake_kernel_refuses_as_the_op(op, args):
+    fn = getattr(torch.ops.focalops, op)
+    want = _message(lambda: fn(*args))
+    with FakeTensorMode() as mode:
+        fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+        got = _message(lambda: fn(*fake))
+    assert got == want
