@@ -1,6 +1,8 @@
 """Fake (meta) kernels: output shapes and dtypes for torch.compile, opcheck and FakeTensor.
 
-The messages mirror the C++ checks in csrc/checks/.
+Each fake states the C++ checks of its op (csrc/checks/) in the same order with the same
+messages (dtypes and doubles printed as c10 prints them), so traced code refuses what the op
+refuses; tests/test_fake_checks.py runs bad calls through both and compares.
 """
 
 import math
@@ -10,39 +12,57 @@ import torch
 from focalops import _extension  # noqa: F401  (the ops must exist before fakes attach)
 from focalops.ops import FLOATS
 
+# How c10 prints a dtype and a double (ostream: 6 significant digits), for the same messages.
+_CPP_DTYPES = {
+    torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
+    torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
+    torch.bool: "Bool", torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble",
+}  # fmt: skip
+
+
+def _dt(t) -> str:
+    return _CPP_DTYPES.get(t.dtype, str(t.dtype))
+
+
+def _sizes(t) -> str:
+    return str(list(t.shape))
+
+
+def _doubles(values) -> str:
+    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
+
 
 def _check_focal_args(inputs, targets, alpha, gamma, ignore_index):
+    op = "sigmoid_focal_loss"
     torch._check(
-        inputs.dtype in FLOATS,
-        lambda: f"sigmoid_focal_loss: inputs must be float32, float64, float16 or bfloat16, got {inputs.dtype}",
+        inputs.dtype in FLOATS, lambda: f"{op}: inputs must be float32, float64, float16 or bfloat16, got {_dt(inputs)}"
     )
     torch._check(
-        gamma >= 0 and math.isfinite(gamma), lambda: f"sigmoid_focal_loss: gamma must be >= 0 and finite, got {gamma}"
+        inputs.device == targets.device,
+        lambda: f"{op}: inputs and targets must be on the same device, got {inputs.device} and {targets.device}",
     )
-    torch._check(alpha <= 1, lambda: f"sigmoid_focal_loss: alpha must be <= 1 (or < 0 to disable), got {alpha}")
-    torch._check(ignore_index != -1, lambda: "sigmoid_focal_loss: ignore_index must not be -1 (the background label)")
+    torch._check(gamma >= 0 and math.isfinite(gamma), lambda: f"{op}: gamma must be >= 0 and finite, got {gamma:g}")
+    torch._check(alpha <= 1, lambda: f"{op}: alpha must be <= 1 (or < 0 to disable), got {alpha:g}")
+    torch._check(ignore_index != -1, lambda: f"{op}: ignore_index must not be -1 (the background label)")
     if targets.dtype == torch.int64:
         torch._check(
             inputs.dim() >= 1 and targets.shape == inputs.shape[:-1],
             lambda: (
-                "sigmoid_focal_loss: class-index targets must have shape inputs.shape[:-1] = "
-                f"{list(inputs.shape[:-1])}, got {list(targets.shape)}"
+                f"{op}: class-index targets must have shape inputs.shape[:-1] = "
+                f"{list(inputs.shape[:-1])}, got {_sizes(targets)}"
             ),
         )
     else:
         torch._check(
             targets.dtype == inputs.dtype,
             lambda: (
-                "sigmoid_focal_loss: targets must be int64 class indices or have the dtype of inputs "
-                f"({inputs.dtype}), got {targets.dtype}"
+                f"{op}: targets must be int64 class indices or have the dtype of inputs ({_dt(inputs)}), "
+                f"got {_dt(targets)}"
             ),
         )
         torch._check(
             targets.shape == inputs.shape,
-            lambda: (
-                f"sigmoid_focal_loss: targets must have the shape of inputs {list(inputs.shape)}, "
-                f"got {list(targets.shape)}"
-            ),
+            lambda: f"{op}: targets must have the shape of inputs {_sizes(inputs)}, got {_sizes(targets)}",
         )
 
 
@@ -67,30 +87,21 @@ def _sigmoid_focal_loss_with_grad_fake(inputs, targets, alpha, gamma, ignore_ind
 @torch.library.register_fake("focalops::_sigmoid_focal_loss_backward")
 def _sigmoid_focal_loss_backward_fake(grad, inputs, targets, alpha, gamma, ignore_index, reduce):
     _check_focal_args(inputs, targets, alpha, gamma, ignore_index)
+    op = "_sigmoid_focal_loss_backward"
+    torch._check(grad.device == inputs.device, lambda: f"{op}: grad must be on {inputs.device}")
+    if reduce:
+        torch._check(
+            grad.numel() == 1, lambda: f"{op}: grad of a reduced loss must have one element, got {_sizes(grad)}"
+        )
+    else:
+        torch._check(
+            grad.shape == inputs.shape,
+            lambda: f"{op}: grad must have the shape of inputs {_sizes(inputs)}, got {_sizes(grad)}",
+        )
     return torch.empty_like(inputs, memory_format=torch.contiguous_format)
 
 
 # Boxes, assignment, box coding (csrc/checks/boxes.h)
-
-
-# How c10 prints a dtype and a double (ostream: 6 significant digits), for the same messages.
-_CPP_DTYPES = {
-    torch.float32: "Float", torch.float64: "Double", torch.float16: "Half", torch.bfloat16: "BFloat16",
-    torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
-    torch.bool: "Bool", torch.complex64: "ComplexFloat", torch.complex128: "ComplexDouble",
-}  # fmt: skip
-
-
-def _dt(t) -> str:
-    return _CPP_DTYPES.get(t.dtype, str(t.dtype))
-
-
-def _sizes(t) -> str:
-    return str(list(t.shape))
-
-
-def _doubles(values) -> str:
-    return "[" + ", ".join(f"{v:g}" for v in values) + "]"
 
 
 def _check_box_dtype(op, name, t):
@@ -226,16 +237,18 @@ def _retinanet_targets_fake(matched, gt_boxes, gt_labels, anchors, weights, num_
 
 
 def _check_nms_args(op, boxes, scores, iou_threshold):
-    torch._check(
-        boxes.dim() == 2 and boxes.shape[1] == 4, lambda: f"{op}: boxes must be [N, 4], got {list(boxes.shape)}"
-    )
+    torch._check(boxes.dim() == 2 and boxes.shape[1] == 4, lambda: f"{op}: boxes must be [N, 4], got {_sizes(boxes)}")
     torch._check(
         scores.dim() == 1 and scores.shape[0] == boxes.shape[0],
-        lambda: f"{op}: scores must be [N] with N = {boxes.shape[0]}, got {list(scores.shape)}",
+        lambda: f"{op}: scores must be [N] with N = {boxes.shape[0]}, got {_sizes(scores)}",
     )
-    torch._check(boxes.dtype in FLOATS, lambda: f"{op}: boxes must be floating, got {boxes.dtype}")
-    torch._check(scores.dtype in FLOATS, lambda: f"{op}: scores must be floating, got {scores.dtype}")
-    torch._check(0 <= iou_threshold <= 1, lambda: f"{op}: iou_threshold must be in [0, 1], got {iou_threshold}")
+    torch._check(boxes.dtype in FLOATS, lambda: f"{op}: boxes must be floating, got {_dt(boxes)}")
+    torch._check(scores.dtype in FLOATS, lambda: f"{op}: scores must be floating, got {_dt(scores)}")
+    torch._check(
+        boxes.device == scores.device,
+        lambda: f"{op}: boxes and scores must be on the same device, got {boxes.device} and {scores.device}",
+    )
+    torch._check(0 <= iou_threshold <= 1, lambda: f"{op}: iou_threshold must be in [0, 1], got {iou_threshold:g}")
 
 
 def _nms_output(boxes):
@@ -255,9 +268,10 @@ def _batched_nms_fake(boxes, scores, idxs, iou_threshold):
     _check_nms_args("batched_nms", boxes, scores, iou_threshold)
     torch._check(
         idxs.dim() == 1 and idxs.shape[0] == boxes.shape[0],
-        lambda: f"batched_nms: idxs must be [N] with N = {boxes.shape[0]}, got {list(idxs.shape)}",
+        lambda: f"batched_nms: idxs must be [N] with N = {boxes.shape[0]}, got {_sizes(idxs)}",
     )
-    torch._check(idxs.dtype == torch.int64, lambda: f"batched_nms: idxs must be int64, got {idxs.dtype}")
+    torch._check(idxs.dtype == torch.int64, lambda: f"batched_nms: idxs must be int64, got {_dt(idxs)}")
+    torch._check(idxs.device == boxes.device, lambda: f"batched_nms: idxs must be on {boxes.device}, got {idxs.device}")
     return _nms_output(boxes)
 
 
@@ -265,37 +279,42 @@ def _batched_nms_fake(boxes, scores, idxs, iou_threshold):
 def _postprocess_fake(
     cls_logits, box_deltas, anchors, level_sizes, image_sizes, score_thresh, topk_candidates, nms_thresh, dets_per_img
 ):
-    torch._check(
-        cls_logits.dim() == 3, lambda: f"postprocess: cls_logits must be [B, A, K], got {list(cls_logits.shape)}"
-    )
-    torch._check(
-        cls_logits.dtype in FLOATS, lambda: f"postprocess: cls_logits must be floating, got {cls_logits.dtype}"
-    )
+    op = "postprocess"
+    torch._check(cls_logits.dim() == 3, lambda: f"{op}: cls_logits must be [B, A, K], got {_sizes(cls_logits)}")
+    torch._check(cls_logits.dtype in FLOATS, lambda: f"{op}: cls_logits must be floating, got {_dt(cls_logits)}")
     b, a, _ = cls_logits.shape
     mt = torch.float64 if cls_logits.dtype == torch.float64 else torch.float32
     torch._check(
-        box_deltas.shape == (b, a, 4),
-        lambda: f"postprocess: box_deltas must be [B, A, 4] = [{b}, {a}, 4], got {list(box_deltas.shape)}",
+        box_deltas.dim() == 3 and box_deltas.shape == (b, a, 4),
+        lambda: f"{op}: box_deltas must be [B, A, 4] = [{b}, {a}, 4], got {_sizes(box_deltas)}",
     )
     torch._check(
-        anchors.shape == (a, 4), lambda: f"postprocess: anchors must be [A, 4] = [{a}, 4], got {list(anchors.shape)}"
+        anchors.dim() == 2 and anchors.shape == (a, 4),
+        lambda: f"{op}: anchors must be [A, 4] = [{a}, 4], got {_sizes(anchors)}",
     )
     torch._check(
-        image_sizes.shape == (b, 2),
-        lambda: f"postprocess: image_sizes must be [B, 2] = [{b}, 2] (height, width), got {list(image_sizes.shape)}",
+        image_sizes.dim() == 2 and image_sizes.shape == (b, 2),
+        lambda: f"{op}: image_sizes must be [B, 2] = [{b}, 2] (height, width), got {_sizes(image_sizes)}",
     )
     torch._check(
         box_deltas.dtype == mt and anchors.dtype == mt and image_sizes.dtype == mt,
-        lambda: f"postprocess: box_deltas, anchors and image_sizes must be {mt}",
+        lambda: (
+            f"{op}: box_deltas, anchors and image_sizes must be {_CPP_DTYPES[mt]}, got {_dt(box_deltas)}, "
+            f"{_dt(anchors)} and {_dt(image_sizes)}"
+        ),
     )
+    for t in (box_deltas, anchors, image_sizes):
+        torch._check(
+            t.device == cls_logits.device, lambda: f"{op}: all tensors must be on {cls_logits.device}, got {t.device}"
+        )
     torch._check(
         all(s >= 0 for s in level_sizes) and sum(level_sizes) == a,
-        lambda: f"postprocess: level_sizes must be >= 0 and sum to A = {a}, got {list(level_sizes)}",
+        lambda: f"{op}: level_sizes must be >= 0 and sum to A = {a}, got {list(level_sizes)}",
     )
-    torch._check(0 <= score_thresh <= 1, lambda: f"postprocess: score_thresh must be in [0, 1], got {score_thresh}")
-    torch._check(topk_candidates >= 1, lambda: f"postprocess: topk_candidates must be >= 1, got {topk_candidates}")
-    torch._check(0 <= nms_thresh <= 1, lambda: f"postprocess: nms_thresh must be in [0, 1], got {nms_thresh}")
-    torch._check(dets_per_img >= 0, lambda: f"postprocess: detections_per_img must be >= 0, got {dets_per_img}")
+    torch._check(0 <= score_thresh <= 1, lambda: f"{op}: score_thresh must be in [0, 1], got {score_thresh:g}")
+    torch._check(topk_candidates >= 1, lambda: f"{op}: topk_candidates must be >= 1, got {topk_candidates}")
+    torch._check(0 <= nms_thresh <= 1, lambda: f"{op}: nms_thresh must be in [0, 1], got {nms_thresh:g}")
+    torch._check(dets_per_img >= 0, lambda: f"{op}: detections_per_img must be >= 0, got {dets_per_img}")
     d = dets_per_img
     return (
         box_deltas.new_empty((b, d, 4)),

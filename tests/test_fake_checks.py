@@ -65,6 +65,66 @@ CODER = [  # decode_boxes (deltas, anchors, weights, clamp)
     (_t(2, 5, 4), _boxes(5), W, float("nan")),
 ]
 
+FOCAL = [  # (inputs, targets, alpha, gamma, ignore_index, reduce)
+    (_t(4, 3, dtype=I64), _t(4, dtype=I64), 0.25, 2.0, -100, True),
+    (_t(4, 3), _t(4, dtype=I64), 0.25, -1.0, -100, True),
+    (_t(4, 3), _t(4, dtype=I64), 0.25, float("inf"), -100, True),
+    (_t(4, 3), _t(4, dtype=I64), 1.5, 2.0, -100, True),
+    (_t(4, 3), _t(4, dtype=I64), 0.25, 2.0, -1, True),
+    (_t(4, 3), _t(3, dtype=I64), 0.25, 2.0, -100, False),
+    (_t(4, 3), _t(4, 3, dtype=F64), 0.25, 2.0, -100, False),
+    (_t(4, 3), _t(4, 2), 0.25, 2.0, -100, False),
+]
+FOCAL_BACKWARD = [  # (grad, inputs, targets, alpha, gamma, ignore_index, reduce)
+    (_t(2), _t(4, 3), _t(4, dtype=I64), 0.25, 2.0, -100, True),
+    (_t(4, 2), _t(4, 3), _t(4, 3), 0.25, 2.0, -100, False),
+]
+NMS = [  # (boxes, scores, iou_threshold)
+    (_t(5, 3), _t(5), 0.5),
+    (_boxes(5), _t(4), 0.5),
+    (_boxes(5).long(), _t(5), 0.5),
+    (_boxes(5), _t(5, dtype=I64), 0.5),
+    (_boxes(5), _t(5), -0.5),
+    (_boxes(5), _t(5), float("nan")),
+]
+BATCHED_NMS = [(b, s, _t(5, dtype=I64), t) for b, s, t in NMS] + [
+    (_boxes(5), _t(5), _t(4, dtype=I64), 0.5),
+    (_boxes(5), _t(5), _t(5, dtype=torch.int32), 0.5),
+]
+
+
+def _postprocess(**change):
+    args = dict(
+        cls_logits=_t(2, 6, 3),
+        box_deltas=_t(2, 6, 4),
+        anchors=_boxes(6),
+        level_sizes=[4, 2],
+        image_sizes=_t(2, 2),
+        score_thresh=0.05,
+        topk_candidates=10,
+        nms_thresh=0.5,
+        detections_per_img=5,
+    )
+    args.update(change)
+    return tuple(args.values())
+
+
+POSTPROCESS = [
+    _postprocess(cls_logits=_t(2, 6)),
+    _postprocess(cls_logits=_t(2, 6, 3, dtype=I64)),
+    _postprocess(box_deltas=_t(2, 5, 4)),
+    _postprocess(anchors=_t(6, 3)),
+    _postprocess(image_sizes=_t(2, 3)),
+    _postprocess(box_deltas=_t(2, 6, 4, dtype=F64)),
+    _postprocess(cls_logits=_t(2, 6, 3, dtype=F64)),
+    _postprocess(level_sizes=[4, 3]),
+    _postprocess(level_sizes=[7, -1]),
+    _postprocess(score_thresh=1.5),
+    _postprocess(topk_candidates=0),
+    _postprocess(nms_thresh=-0.1),
+    _postprocess(detections_per_img=-1),
+]
+
 
 def _message(fn):
     with pytest.raises(RuntimeError) as info:
@@ -74,7 +134,12 @@ def _message(fn):
 
 @pytest.mark.parametrize(
     "op, args",
-    [("box_iou", a) for a in BOX_IOU]
+    [("sigmoid_focal_loss", a) for a in FOCAL]
+    + [("_sigmoid_focal_loss_backward", a) for a in FOCAL_BACKWARD]
+    + [("nms", a) for a in NMS]
+    + [("batched_nms", a) for a in BATCHED_NMS]
+    + [("postprocess", a) for a in POSTPROCESS]
+    + [("box_iou", a) for a in BOX_IOU]
     + [("decode_boxes", a) for a in CODER]
     + [("encode_boxes", a[:3]) for a in CODER[:-1]]
     + [("assign", a) for a in ASSIGN]
