@@ -7,7 +7,8 @@ from focalops.ops.anchors import AnchorGenerator
 from focalops.ops.assign import assign, retinanet_targets
 from focalops.ops.boxes import box_iou, decode_boxes, encode_boxes
 from focalops.ops.focal_loss import SigmoidFocalLoss, sigmoid_focal_loss
-from focalops.ops.nms import batched_nms, nms, postprocess
+from focalops.ops.nms import batched_nms, nms
+from focalops.ops.postprocess import postprocess
 from focalops.torchvision_retinanet import accelerate, accelerated  # noqa: E402  (uses the ops above)
 
 __version__ = "0.1.0"

@@ -1,0 +1,23 @@
+// The greedy NMS that nms / batched_nms (cpu/nms.cpp) and the post-processing
+// (cpu/postprocess.cpp) share, CPU.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace focalops {
+namespace cpu {
+
+// Indices of the kept boxes in decreasing score order (ties: lower index first), at most
+// max_keep of them. Boxes of different classes never suppress each other (classes may be
+// null: one class). boxes: n rows of float32 (x1, y1, x2, y2); scores: float or double.
+template <typename S>
+std::vector<int64_t> nms_core(const float* boxes, const S* scores, const int64_t* classes, int64_t n, float thr,
+                              int64_t max_keep);
+
+extern template std::vector<int64_t> nms_core<float>(const float*, const float*, const int64_t*, int64_t, float, int64_t);
+extern template std::vector<int64_t> nms_core<double>(const float*, const double*, const int64_t*, int64_t, float,
+                                                      int64_t);
+
+}  // namespace cpu
+}  // namespace focalops
