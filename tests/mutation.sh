@@ -93,7 +93,7 @@ mutation csrc/cuda/assign.cuh \
   "  const int lane = threadIdx.x & 31;" \
   "  const int lane = threadIdx.x & 31; if (!valid[0]) return;" \
   tests/test_assign.py "CUDA assign: threads without anchors return before the tile barriers"
-mutation csrc/cuda/nms.cuh \
+mutation csrc/cuda/postprocess.cuh \
   "    const unsigned invalid = __ballot_sync(0xffffffffu, t < size && !(next_score >= T(0)));" \
   "    const unsigned invalid = t < size ? __ballot_sync(0xffffffffu, !(next_score >= T(0))) : 0u;" \
   tests/test_postprocess.py "CUDA postprocess NMS: the full-warp ballot moved inside a branch"

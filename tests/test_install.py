@@ -214,6 +214,6 @@ def test_sdist_builds_without_torch_and_a_wheel_does_not(tmp_path):
     (tarball,) = glob.glob(str(tmp_path / "focalops-*.tar.gz"))
     with tarfile.open(tarball) as tar:
         names = tar.getnames()
-    assert any(n.endswith("csrc/cuda/nms.cuh") for n in names) and any(n.endswith("/setup.py") for n in names)
+    assert any(n.endswith("csrc/cuda/postprocess.cuh") for n in names) and any(n.endswith("/setup.py") for n in names)
     proc = _setup_without_torch("-q", "bdist_wheel", "-d", str(tmp_path))
     assert proc.returncode != 0 and "pip install --no-build-isolation ." in proc.stderr

@@ -13,7 +13,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "checks/nms.h"
+#include "checks/postprocess.h"
 #include "cpu/kernels.h"
 #include "cpu/nms.h"
 #include "math/box.h"
