@@ -22,7 +22,7 @@ _INSTALLED = __package__ != "benchmarks"
 DEFAULT_OUT = "focalops-bench-results" if _INSTALLED else os.path.join(os.path.dirname(__file__), "results")
 
 # Every benchmark module, in the order they run.
-FAMILIES = ["focal_loss", "assign", "nms", "retinanet"]
+FAMILIES = ["focal_loss", "assign", "nms", "postprocess", "retinanet"]
 
 COLUMNS = [
     "op",

@@ -139,7 +139,7 @@ for stage in "$@"; do
       ;;
     boxes)
       ensure_built || { status=1; continue; }
-      run_logged boxes "$PY" -m benchmarks --device cuda --only assign,nms --out "$OUT/boxes" || status=1
+      run_logged boxes "$PY" -m benchmarks --device cuda --only assign,nms,postprocess --out "$OUT/boxes" || status=1
       ;;
     retinanet)
       ensure_built || { status=1; continue; }
