@@ -115,9 +115,6 @@ at::Tensor assign_cpu(const at::Tensor& anchors_, const at::Tensor& gt_boxes_, c
   return matched;
 }
 
-template <typename scalar_t>
-using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> retinanet_targets_cpu(const at::Tensor& matched_, const at::Tensor& gt_boxes_,
                                                                      const at::Tensor& gt_labels_,
                                                                      const at::Tensor& anchors_,
@@ -135,7 +132,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> retinanet_targets_cpu(const at::T
   if (cls.numel() == 0) return {cls, box, fg};
   const auto w = box_weights(weights);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gt_boxes.scalar_type(), "retinanet_targets_cpu", [&] {
-    using T = opmath_t<scalar_t>;
+    using T = math::opmath_t<scalar_t>;
     const int64_t* m = matched.data_ptr<int64_t>();
     const int64_t* lab = gt_labels.data_ptr<int64_t>();
     const scalar_t* gt = gt_boxes.data_ptr<scalar_t>();

@@ -17,9 +17,6 @@
 namespace focalops {
 namespace {
 
-template <typename scalar_t>
-using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
 template <typename T, typename A>
 inline void load4(const T* p, A* out) {
   for (int k = 0; k < 4; ++k) out[k] = static_cast<A>(p[k]);
@@ -27,7 +24,7 @@ inline void load4(const T* p, A* out) {
 
 template <typename scalar_t>
 void box_iou_kernel(const scalar_t* b1, const scalar_t* b2, int64_t N, int64_t M, scalar_t* out) {
-  using A = opmath_t<scalar_t>;
+  using A = math::opmath_t<scalar_t>;
   std::vector<A> cols(4 * M);  // x1 | y1 | x2 | y2
   for (int64_t j = 0; j < M; ++j)
     for (int k = 0; k < 4; ++k) cols[k * M + j] = static_cast<A>(b2[4 * j + k]);
@@ -71,7 +68,7 @@ using Coder = cpu::BoxCoding;
 template <Coder kOp, typename scalar_t>
 void coder_kernel(const scalar_t* x, const scalar_t* anchors, const scalar_t* grad, int64_t rows, int64_t M,
                   math::BoxWeights w, double clamp, scalar_t* out) {
-  using A = opmath_t<scalar_t>;
+  using A = math::opmath_t<scalar_t>;
   at::parallel_for(0, rows, 4096, [&](int64_t begin, int64_t end) {
     if constexpr (std::is_same_v<scalar_t, float>) {
       const cpu::BoxRows args{kOp, x, anchors, grad, M, w.wx, w.wy, w.ww, w.wh, static_cast<float>(clamp), out};

@@ -28,9 +28,6 @@ namespace {
 
 constexpr int64_t kTile = 1024;
 
-template <typename scalar_t>
-using opmath_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
 enum class Mode { kLoss, kSum, kGrad };
 
 // out[i] = m[i] * (loss or gradient)(x[i], t[i]) for i < n, or, with out == nullptr, the sum
@@ -116,7 +113,7 @@ void check_soft_targets(const T* t, int64_t begin, int64_t n) {
 template <typename scalar_t>
 void focal_cpu(Mode mode, const at::Tensor& x, const at::Tensor& targets, const at::Tensor& grad, double alpha,
                double gamma, int64_t ignore_index, at::Tensor& out, at::Tensor* grad_out) {
-  using T = opmath_t<scalar_t>;
+  using T = math::opmath_t<scalar_t>;
   const int64_t numel = x.numel();
   const bool hard = focal_is_index_form(targets);
   const int64_t K = x.dim() > 0 ? x.size(-1) : 1;

@@ -88,7 +88,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> postprocess_impl(cons
                                                                            at::IntArrayRef level_sizes,
                                                                            const at::Tensor& image_sizes, double score_thresh,
                                                                            int64_t topk, double nms_thresh, int64_t D) {
-  using T = std::conditional_t<std::is_same_v<L, double>, double, float>;
+  using T = math::opmath_t<L>;
   const int64_t B = cls_logits.size(0), A = cls_logits.size(1), K = cls_logits.size(2);
   const int64_t L_ = static_cast<int64_t>(level_sizes.size());
   const auto opts = box_deltas.options();

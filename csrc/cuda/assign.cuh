@@ -134,7 +134,7 @@ __global__ void retinanet_targets_kernel(const int64_t* __restrict__ matched, co
                                          const int64_t* __restrict__ labels, const T* __restrict__ anchors, int64_t B,
                                          int64_t A, int64_t G, int64_t num_classes, math::BoxWeights w,
                                          int64_t* __restrict__ cls, T* __restrict__ box, bool* __restrict__ fg) {
-  using Acc = box_opmath_t<T>;
+  using Acc = math::opmath_t<T>;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < B * A;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t b = idx / A, a = idx - b * A, k = matched[idx];

@@ -12,9 +12,6 @@
 namespace focalops {
 namespace cuda {
 
-template <typename T>
-using box_opmath_t = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
-
 template <typename T, typename A>
 __device__ __forceinline__ void load_box(const T* p, A* out) {
 #pragma unroll
@@ -25,7 +22,7 @@ __device__ __forceinline__ void load_box(const T* p, A* out) {
 template <typename T>
 __global__ void box_iou_kernel(const T* __restrict__ b1, const T* __restrict__ b2, int64_t N, int64_t M,
                                T* __restrict__ out) {
-  using A = box_opmath_t<T>;
+  using A = math::opmath_t<T>;
   const int64_t total = N * M;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -43,7 +40,7 @@ enum BoxCoderOp : int { kEncode = 0, kDecode = 1, kDecodeBackward = 2 };
 template <int kOp, typename T>
 __global__ void box_coder_kernel(const T* __restrict__ x, const T* __restrict__ anchors, const T* __restrict__ grad,
                                  int64_t rows, int64_t M, math::BoxWeights w, double clamp, T* __restrict__ out) {
-  using A = box_opmath_t<T>;
+  using A = math::opmath_t<T>;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < rows;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     A xv[4], av[4], r[4];

@@ -9,6 +9,8 @@
 
 #include <cstdint>
 
+#include "math/common.h"
+
 namespace focalops {
 namespace cuda {
 
@@ -26,18 +28,11 @@ namespace cuda {
 #define FO_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
 #endif
 
-// Compute type of a storage type: float for the half types, else itself.
+// Compute type of a storage type (math::opmath_t). A class, not the alias: the kernels'
+// signatures name OpMath<T>::type, which keeps their mangled names (csrc/emu/kernel_resources.inc).
 template <typename T>
 struct OpMath {
-  using type = T;
-};
-template <>
-struct OpMath<__half> {
-  using type = float;
-};
-template <>
-struct OpMath<__nv_bfloat16> {
-  using type = float;
+  using type = math::opmath_t<T>;
 };
 
 template <typename T>

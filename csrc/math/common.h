@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define FO_HD __host__ __device__ __forceinline__
@@ -39,6 +40,11 @@
 
 namespace focalops {
 namespace math {
+
+// The compute type of a storage type: double for double, float for everything else (float and
+// the half types: at::Half / at::BFloat16 on the CPU, __half / __nv_bfloat16 on CUDA).
+template <typename T>
+using opmath_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 FO_HD float int_bits_to_float(int32_t i) {
 #if FO_DEVICE_CODE
