@@ -19,7 +19,7 @@
 #include <string>
 #include <vector>
 
-#include "checks/boxes.h"
+#include "checks/assign.h"
 #include "cpu/kernels.h"
 #include "math/box.h"
 

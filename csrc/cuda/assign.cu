@@ -6,7 +6,7 @@
 
 #include <algorithm>
 
-#include "checks/boxes.h"
+#include "checks/assign.h"
 #include "cuda/runtime.h"
 #include "cuda/assign.cuh"
 
