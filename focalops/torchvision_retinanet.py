@@ -109,13 +109,12 @@ def _postprocess_detections(
         cls_logits = _joined(head_outputs["cls_logits"], 1)
         box_deltas = _joined(head_outputs["bbox_regression"], 1)
         anchors0 = _joined(anchors[0], 0)
-    math_dtype = torch.float64 if cls_logits.dtype == torch.float64 else torch.float32
-    anchors0 = anchors0.to(math_dtype)
+    # (focalops.postprocess converts deltas, anchors and sizes to the logits' math type)
     sizes = [[float(h), float(w)] for h, w in image_shapes]
-    image_sizes = torch.tensor(sizes, dtype=math_dtype).to(cls_logits.device, non_blocking=True)
+    image_sizes = torch.tensor(sizes).to(cls_logits.device, non_blocking=True)
     boxes, scores, labels, counts = focalops.postprocess(
         cls_logits,
-        box_deltas.to(math_dtype),
+        box_deltas,
         anchors0,
         level_sizes,
         image_sizes,
@@ -133,18 +132,22 @@ def _postprocess_detections(
 def _joined(parts: List[Tensor], dim: int) -> Tensor:
     """``torch.cat(parts, dim)``, as a view when the parts are consecutive slices along ``dim``
     of one tensor: torchvision's ``RetinaNet.forward`` splits its head outputs and anchors per
-    level, and joining them back is a copy of every logit (a third of the op's time at 80 classes)."""
+    level, and joining them back is a copy of every logit (half the accelerated method's time at 80
+    classes)."""
     first = parts[0]
     offset = first.storage_offset()
     storage = first.untyped_storage().data_ptr()
     for p in parts:
-        same_layout = p.dim() == first.dim() and p.dtype == first.dtype and p.device == first.device
-        if not (same_layout and p.stride() == first.stride() and p.storage_offset() == offset):
-            return torch.cat(parts, dim)
-        if (
-            p.untyped_storage().data_ptr() != storage
-            or p.shape[:dim] + p.shape[dim + 1 :] != first.shape[:dim] + first.shape[dim + 1 :]
-        ):
+        next_slice = (
+            p.dim() == first.dim()
+            and p.dtype == first.dtype
+            and p.device == first.device
+            and p.untyped_storage().data_ptr() == storage
+            and p.stride() == first.stride()
+            and p.storage_offset() == offset
+            and p.shape[:dim] + p.shape[dim + 1 :] == first.shape[:dim] + first.shape[dim + 1 :]
+        )
+        if not next_slice:
             return torch.cat(parts, dim)
         offset += p.shape[dim] * p.stride(dim)
     size = list(first.shape)
