@@ -22,7 +22,7 @@ NUM_CLASSES = 80
 
 
 def run(device: str, quick: bool) -> List[Dict]:
-    # Quick sizes stay >= 129, the smallest an exported program takes.
+    # The traced example: at least 129 px (no 1 x 1 pyramid level while tracing).
     if device.startswith("cuda"):
         backbone, size = "resnet50", (512 if quick else 800)
     else:

@@ -22,7 +22,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from focalops.models.retinanet import EXPORT_MIN_SIZE, PREPROCESSING, export_batch_detector
+from focalops.models.retinanet import EXPORT_EXAMPLE_MIN_SIZE, PREPROCESSING, export_batch_detector
 
 METADATA_FILE = "focalops.json"  # the .pt2 archive entry (torch.export.save extra_files)
 METADATA_KEY = "focalops"  # the AOTInductor package metadata key (a JSON string)
@@ -73,8 +73,7 @@ def export_checkpoint(
             default the checkpoint's.
         image_size (int, optional): recorded in the metadata as the resize to apply before
             inference, and the size the example batch is traced at (at least 129); default the
-            checkpoint's training size, else 512. The program accepts any ``H, W`` in
-            [129, 8192] (every pyramid level at least 2 x 2; pad smaller images).
+            checkpoint's training size, else 512. The program accepts any ``H, W`` in [1, 8192].
         aoti (bool): also write an AOTInductor package at :func:`aoti_path` (compiles C++ code:
             minutes on a few cores).
         onnx (bool): write an ONNX model (standard operators, opset 18; needs ``onnx`` and
@@ -92,7 +91,7 @@ def export_checkpoint(
     overrides = {} if score_thresh is None else {"score_thresh": score_thresh}
     model, ckpt = load_model(ckpt_path, **overrides)
     size = image_size or ckpt.get("args", {}).get("image_size") or DEFAULT_IMAGE_SIZE
-    example = max(size, EXPORT_MIN_SIZE)
+    example = max(size, EXPORT_EXAMPLE_MIN_SIZE)
     program = model.eval().export(example_size=(example, example))
     metadata = _metadata(model, ckpt, size)
     if onnx:
@@ -178,9 +177,10 @@ def export_torchvision(
         from focalops.onnx_export import require_onnx
 
         require_onnx()
-    if example_batch < 1 or not all(EXPORT_MIN_SIZE <= s <= max_image_size for s in example_size):
+    if example_batch < 1 or not all(EXPORT_EXAMPLE_MIN_SIZE <= s <= max_image_size for s in example_size):
         raise ValueError(
-            f"export_torchvision: example_size must be in [{EXPORT_MIN_SIZE}, {max_image_size}], got {example_size}"
+            f"export_torchvision: example_size must be in [{EXPORT_EXAMPLE_MIN_SIZE}, {max_image_size}], "
+            f"got {example_size}"
         )
     was_training = model.training
     model.eval()

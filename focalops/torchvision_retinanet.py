@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 import focalops
 from focalops.errors import OpIndexError
+from focalops.models.retinanet import per_anchor_rows
 
 _CACHE_SIZE = 8
 _CACHE_ATTR = "_focalops_anchor_cache"
@@ -418,6 +419,22 @@ class TorchvisionDetector(nn.Module):
         self.register_buffer("std", torch.tensor(transform.image_std).view(1, 3, 1, 1), persistent=False)
         self.size_divisible = int(transform.size_divisible)
 
+    def _head(self, features: List[Tensor]) -> Tuple[Tensor, Tensor]:
+        """The head's ``cls_logits [B, A, K]`` and ``bbox_regression [B, A, 4]``. torchvision's
+        own head classes run their layers here, and their outputs take the layout of
+        ``per_anchor_rows`` (the same values; an exported program then runs 1 x 1 levels too);
+        a head of another class runs as it is."""
+        from torchvision.models.detection.retinanet import RetinaNetClassificationHead, RetinaNetRegressionHead
+
+        head = self.model.head
+        cls_head, reg_head = head.classification_head, head.regression_head
+        if type(cls_head) is not RetinaNetClassificationHead or type(reg_head) is not RetinaNetRegressionHead:
+            out = head(features)
+            return out["cls_logits"], out["bbox_regression"]
+        cls_logits = [per_anchor_rows(cls_head.cls_logits(cls_head.conv(f)), cls_head.num_classes) for f in features]
+        box_deltas = [per_anchor_rows(reg_head.bbox_reg(reg_head.conv(f)), 4) for f in features]
+        return torch.cat(cls_logits, dim=1), torch.cat(box_deltas, dim=1)
+
     def forward(self, images: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
         m = self.model
         batch = (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
@@ -425,7 +442,7 @@ class TorchvisionDetector(nn.Module):
             batch, (0, -images.shape[-1] % self.size_divisible, 0, -images.shape[-2] % self.size_divisible)
         )
         features = list(m.backbone(batch).values())
-        head = m.head(features)
+        cls_logits, box_deltas = self._head(features)
         anchors, level_sizes = self.anchor_generator(
             [tuple(f.shape[-2:]) for f in features],
             device=batch.device,
@@ -435,8 +452,8 @@ class TorchvisionDetector(nn.Module):
         n, _, h, w = images.shape
         image_sizes = torch.stack([images.new_full((n,), h), images.new_full((n,), w)], dim=1)
         return focalops.postprocess(
-            head["cls_logits"],
-            head["bbox_regression"],
+            cls_logits,
+            box_deltas,
             anchors,
             level_sizes,
             image_sizes,

@@ -18,9 +18,10 @@ from focalops.models import RetinaNet
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ["circle", "square", "triangle"]
 SCORE_THRESH = 0.2
-# Two batch sizes x two image sizes, none of them the traced example (2 x 160 x 160); not
-# multiples of 32, so the program's padding runs too (129 is the smallest size it takes).
-CASES = [(1, 129, 200), (3, 129, 200), (1, 250, 150), (3, 250, 150)]
+# Batch and image sizes, none of them the traced example (2 x 160 x 160): not multiples of 32,
+# so the program's padding runs too; 128 px and below, where P7 (and at 32 px, P5 and P6) is
+# 1 x 1, down to a 1-pixel image.
+CASES = [(1, 129, 200), (3, 250, 150), (2, 128, 128), (3, 64, 40), (2, 17, 33), (1, 1, 1)]
 
 # Runs in a fresh interpreter: loads a program with nothing but torch + focalops, runs every case.
 _LOADER = """
@@ -122,8 +123,10 @@ def test_exported_program_metadata_and_dynamic_shapes(exported):
     images = [n for n in ep.graph.nodes if n.op == "placeholder"][-1].meta["val"]
     assert [isinstance(s, torch.SymInt) for s in images.shape] == [True, False, True, True]
     assert any(n.target == torch.ops.focalops.postprocess.default for n in ep.graph.nodes)
-    with pytest.raises(AssertionError, match="129"):
-        ep.module()(torch.rand(1, 3, 128, 200))
+    h, w = images.shape[2].node.expr, images.shape[3].node.expr
+    assert all((r.lower, r.upper) == (1, 8192) for r in (ep.range_constraints[h], ep.range_constraints[w]))
+    with pytest.raises(AssertionError, match="8192"):
+        ep.module()(torch.rand(1, 3, 8193, 1))
 
 
 def _run_command(argv):

@@ -20,8 +20,7 @@ pytest.importorskip("onnxscript")
 from test_export import CLASSES, SCORE_THRESH, _tiny_model  # noqa: E402
 
 # Batch and image sizes, none of them the traced example (2 x 160 x 160): not multiples of 32
-# (the graph pads), 128 px and below (P7 is 1 x 1: sizes the torch.export program refuses), down
-# to 17 x 33.
+# (the graph pads), 128 px and below (P7 is 1 x 1), down to 17 x 33.
 CASES = [(1, 129, 200), (3, 250, 150), (2, 128, 128), (1, 64, 40), (2, 17, 33)]
 OUTPUTS = ["boxes", "scores", "labels", "counts"]
 
@@ -184,9 +183,8 @@ def test_torchvision_onnx_gives_eager_detections(torchvision_onnx):
     for images in _inputs(seed=2):
         eager = _torchvision_eager(model, images)
         total += _check_matches(_run(session, images), eager)
-        if images.shape[-1] > 128:  # the torch.export program (sizes >= 129) as well
-            with torch.no_grad():
-                total += _check_matches(program.module()(images), eager, atol_boxes=1e-4, atol_scores=1e-6)
+        with torch.no_grad():  # the torch.export program as well
+            total += _check_matches(program.module()(images), eager, atol_boxes=1e-4, atol_scores=1e-6)
     assert total > 100
 
 

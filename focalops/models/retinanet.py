@@ -13,9 +13,9 @@ from focalops.models.resnet import ResNet
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
 _IMAGENET_STD = (0.229, 0.224, 0.225)
 _PAD_MULTIPLE = 32  # torchvision's size_divisible; anchors then use torchvision's strides
-# Smallest H, W of an exported program: every level P3-P7 (stride up to 128) at least 2 x 2, since
-# torch.export traces sizes >= 2 generically and specialises (or refuses) sizes of 1.
-EXPORT_MIN_SIZE = 129
+# Smallest H, W of the example batch an export traces: every level P3-P7 (stride up to 128) at
+# least 2 x 2, so no size is 1 while tracing. The program then takes any size from 1 pixel up.
+EXPORT_EXAMPLE_MIN_SIZE = 129
 
 
 class _Ops(NamedTuple):
@@ -59,17 +59,19 @@ class _Subnet(nn.Module):
         nn.init.constant_(self.out.bias, bias_init)
 
     def forward(self, features: List[Tensor]) -> Tensor:
-        outs = []
-        for x in features:
-            y = self.out(self.convs(x))
-            n, _, h, w = y.shape
-            # [N, A*C, H, W] -> [N, H*W*A, C]: the (level, y, x, anchor) order of AnchorGenerator.
-            outs.append(
-                y.view(n, self.num_anchors, self.per_anchor, h, w)
-                .permute(0, 3, 4, 1, 2)
-                .reshape(n, -1, self.per_anchor)
-            )
-        return torch.cat(outs, dim=1)
+        return torch.cat([per_anchor_rows(self.out(self.convs(x)), self.per_anchor) for x in features], dim=1)
+
+
+def per_anchor_rows(y: Tensor, per_anchor: int) -> Tensor:
+    """A head's output ``[N, A*C, H, W]`` as ``[N, H*W*A, C]`` rows (``C = per_anchor``), in the
+    (y, x, anchor) order of the anchors.
+
+    Always a copy (``clone`` to the contiguous layout, then a view): ``reshape`` of the permuted
+    tensor would be a view when ``H = W = 1``, and tracing that choice for a symbolic size makes
+    an exported program refuse 1 x 1 levels (images up to 128 px)."""
+    n, _, h, w = y.shape
+    y = y.view(n, -1, per_anchor, h, w).permute(0, 3, 4, 1, 2)
+    return y.clone(memory_format=torch.contiguous_format).view(n, -1, per_anchor)
 
 
 class _BatchDetector(nn.Module):
@@ -94,15 +96,23 @@ def export_batch_detector(
 ) -> "torch.export.ExportedProgram":
     """``torch.export`` of a module ``images [B, 3, H, W] -> padded detections`` (in eval mode, on
     the device and dtype of its first parameter) with a dynamic batch size in ``[1, max_batch]``
-    and dynamic height and width in ``[EXPORT_MIN_SIZE, max_image_size]``."""
+    and dynamic height and width in ``[1, max_image_size]``.
+
+    Traced size-obliviously (``backed_size_oblivious``): a size the trace sees as >= 2 is not
+    assumed to stay >= 2, so nothing specialises on sizes of 1 (broadcasts in the backbone,
+    1 x 1 pyramid levels) and the program runs every size in range; the export fails instead
+    where the module's code could only be traced for sizes >= 2."""
+    from torch.fx.experimental import _config as fx_config
+
     weight = next(module.parameters())
     example = torch.rand(example_batch, 3, *example_size, device=weight.device, dtype=weight.dtype)
     dims = {
         0: torch.export.Dim("batch", min=1, max=max_batch),
-        2: torch.export.Dim("height", min=EXPORT_MIN_SIZE, max=max_image_size),
-        3: torch.export.Dim("width", min=EXPORT_MIN_SIZE, max=max_image_size),
+        2: torch.export.Dim("height", min=1, max=max_image_size),
+        3: torch.export.Dim("width", min=1, max=max_image_size),
     }
-    return torch.export.export(module, (example,), dynamic_shapes=(dims,))
+    with fx_config.patch(backed_size_oblivious=True):
+        return torch.export.export(module, (example,), dynamic_shapes=(dims,))
 
 
 class RetinaNet(nn.Module):
@@ -407,16 +417,17 @@ class RetinaNet(nn.Module):
         batch size, height and width.
 
         The program takes a float ``Tensor[B, 3, H, W]`` in [0, 1] (``1 <= B <= max_batch``,
-        ``129 <= H, W <= max_image_size``: each pyramid level at least 2 x 2; pad smaller images)
-        and returns the padded ``(boxes [B, D, 4], scores [B, D], labels [B, D], counts [B])`` of
-        :meth:`detect_batch`; the settings (thresholds, ``D``) are the model's at export time.
-        It is traced in eval mode on the model's device and dtype (the model's mode is restored).
+        ``1 <= H, W <= max_image_size``) and returns the padded
+        ``(boxes [B, D, 4], scores [B, D], labels [B, D], counts [B])`` of :meth:`detect_batch`;
+        the settings (thresholds, ``D``) are the model's at export time. It is traced in eval
+        mode on the model's device and dtype (the model's mode is restored).
         Running the loaded program needs only ``import focalops`` (for ``torch.ops.focalops``)
         and ``torch.export.load(path).module()``; a size out of range fails its input guard.
 
         Args:
-            example_size ((int, int)): ``(H, W)`` of the example batch traced; any size in range
-                runs afterwards. Default (512, 512).
+            example_size ((int, int)): ``(H, W)`` of the example batch traced, each at least 129
+                (no pyramid level of size 1 while tracing); any size in range runs afterwards.
+                Default (512, 512).
             example_batch (int): ``B`` of the example batch, ``>= 2`` (torch.export specialises
                 sizes 0 and 1). Default 2.
             max_batch, max_image_size (int): upper bounds of the dynamic sizes. Default 1024, 8192.
@@ -429,9 +440,10 @@ class RetinaNet(nn.Module):
             raise ValueError(f"RetinaNet.export: needs ops='focalops', got {self.ops!r}")
         if example_batch < 2 or example_batch > max_batch:
             raise ValueError(f"RetinaNet.export: example_batch must be in [2, {max_batch}], got {example_batch}")
-        if not all(EXPORT_MIN_SIZE <= s <= max_image_size for s in example_size):
+        if not all(EXPORT_EXAMPLE_MIN_SIZE <= s <= max_image_size for s in example_size):
             raise ValueError(
-                f"RetinaNet.export: example_size must be in [{EXPORT_MIN_SIZE}, {max_image_size}], got {example_size}"
+                f"RetinaNet.export: example_size must be in [{EXPORT_EXAMPLE_MIN_SIZE}, {max_image_size}], "
+                f"got {example_size}"
             )
         was_training = self.training
         self.eval()

@@ -170,8 +170,10 @@ class AnchorGenerator:
             # float64: exact up to 2^53 (int32 wrapped at x * stride >= 2^31), never wraps.
             shifts_x = torch.arange(0, w, dtype=torch.float64, device=device) * stride_x
             shifts_y = torch.arange(0, h, dtype=torch.float64, device=device) * stride_y
-            shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
-            shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
+            # The [h, w] grids by broadcasting sums, not meshgrid: its expanded views, reshaped,
+            # make a traced program specialise on sizes of 1 (and refuse 1 x 1 levels).
+            shift_x = (shifts_x.view(1, -1) + torch.zeros_like(shifts_y).view(-1, 1)).view(-1)
+            shift_y = (shifts_y.view(-1, 1) + torch.zeros_like(shifts_x).view(1, -1)).view(-1)
             shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1).to(dtype)
             levels.append((shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4))
             counts.append(levels[-1].shape[0])
