@@ -102,24 +102,22 @@ def main(argv=None) -> int:
         args_again = argv if argv is not None else sys.argv[1:]
         return subprocess.call([sys.executable, "-m", __package__, *args_again], env=env)
 
-    devices = ["cpu", "cuda"] if args.device == "auto" else args.device.split(",")
-    devices = [d for d in devices if d == "cpu" or torch.cuda.is_available()]
+    if args.device == "auto":
+        devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    else:
+        devices = args.device.split(",")
+        if any(d.startswith("cuda") for d in devices) and not torch.cuda.is_available():
+            print(f"--device {args.device}: torch sees no CUDA device", file=sys.stderr)
+            return 2
     os.makedirs(args.out, exist_ok=True)
     for device in devices:
-        rows = []
-        for family in args.only.split(","):
-            try:
-                module = importlib.import_module(f"{__package__}.bench_{family}")
-            except ModuleNotFoundError:
-                print(f"[{family}: no benchmark module yet]", file=sys.stderr)
-                continue
-            print(f"== {family} on {device} ({common.device_name(device)})", flush=True)
-            new = module.run(device, args.quick)
-            common.add_speedups(new)
-            common.add_speedups(new, baseline="torchvision", column="vs_torchvision")
-            print(_table(new), flush=True)
-            rows += new
         tag = "cuda" if device.startswith("cuda") else "cpu"
+        # A run of some families (or of export, outside the default suite) gets its own file
+        # instead of overwriting the whole suite's.
+        families = args.only.split(",")
+        suffix = "" if families == FAMILIES else "-" + "-".join(families)
+        suffix += ("-quick" if args.quick else "") + (f"-{args.cpu_capability}" if args.cpu_capability else "")
+        json_path = os.path.join(args.out, f"{tag}{suffix}.json")
         meta = {
             "device": common.device_name(device),
             "torch": torch.__version__,
@@ -133,10 +131,23 @@ def main(argv=None) -> int:
             "quick": args.quick,
             "date": time.strftime("%Y-%m-%d %H:%M"),
         }
-        suffix = ("-quick" if args.quick else "") + (f"-{args.cpu_capability}" if args.cpu_capability else "")
-        json_path = os.path.join(args.out, f"{tag}{suffix}.json")
-        with open(json_path, "w") as f:
-            json.dump({"meta": meta, "rows": rows}, f, indent=1)
+        rows = []
+        for done, family in enumerate(families, 1):
+            try:
+                module = importlib.import_module(f"{__package__}.bench_{family}")
+            except ModuleNotFoundError:
+                print(f"[{family}: no benchmark module yet]", file=sys.stderr)
+                continue
+            print(f"== {family} on {device} ({common.device_name(device)})", flush=True)
+            new = module.run(device, args.quick)
+            common.add_speedups(new)
+            common.add_speedups(new, baseline="torchvision", column="vs_torchvision")
+            print(_table(new), flush=True)
+            rows += new
+            # Written after every family: a run stopped part-way keeps what it measured.
+            meta["families_done"] = families[:done]
+            with open(json_path, "w") as f:
+                json.dump({"meta": meta, "rows": rows}, f, indent=1)
         png = _chart(rows, os.path.join(args.out, f"{tag}{suffix}.png"))
         print(f"wrote {json_path}" + (f" and {png}" if png else ""))
     return 0

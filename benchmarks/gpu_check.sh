@@ -2,6 +2,14 @@
 # The GPU checks in stages, each well inside the device tool's 10 minutes per command (estimates
 # for one H100 with 16 CPU cores, a fresh machine's build included):
 #
+#   first-contact  the first command on a lent GPU, all of it in FIRST_CONTACT_S seconds (default
+#              510, under 9 minutes): the build (timed), the CUDA tests (xdist and a per-test
+#              timeout when installed), compute-sanitizer memcheck and racecheck on the small
+#              odd cases, the quick benchmarks of every family (focal loss 16 x 120k x 80, assign,
+#              nms and batched_nms 1k-100k, postprocess, the R50 step with torchvision's
+#              accelerated compute_loss); each step gets what is left of the time. Writes 7 files:
+#              build.log, tests.log, sanitize.log, bench.log, bench/cuda-quick.json and .png,
+#              summary.txt (the lines that say what passed, failed and how fast)
 #   build      build the CUDA kernels (TORCH_CUDA_ARCH_LIST=9.0), print the build
 #              configuration, check every op has a CUDA kernel                      ~2-3 min
 #   tests      build if needed, then the CUDA tests (pytest -k cuda: every [cuda]
@@ -33,7 +41,7 @@ export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} FOCALOPS_CUDA=1 PYTHONU
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 STAGE_TIMEOUT=${STAGE_TIMEOUT:-420}
 PY=${PYTHON:-python3}
-STAGES="build tests quick focal boxes retinanet sanitize"
+STAGES="first-contact build tests quick focal boxes retinanet sanitize"
 
 usage() {
   awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
@@ -120,10 +128,47 @@ sanitize() {
   return $rc
 }
 
+# The steps of first-contact, each under what is left of FIRST_CONTACT_S: the tests get all but
+# the time kept for the sanitizer (2 x 45 s) and the benchmarks (150 s).
+first_contact() {
+  local budget=${FIRST_CONTACT_S:-510} start=$SECONDS rc=0 bin flags=""
+  left() { echo $((budget - (SECONDS - start))); }
+  at_least() { [ "$1" -gt "$2" ] && echo "$1" || echo "$2"; }
+  ensure_built || return 1
+  echo "first-contact: built after $((SECONDS - start)) s" | tee -a "$OUT/summary.txt"
+  $PY -c "import xdist" 2>/dev/null && flags="-n 8"
+  $PY -c "import pytest_timeout" 2>/dev/null && flags="$flags --timeout=90"
+  # shellcheck disable=SC2086
+  LIMIT=$(at_least $(($(left) - 240)) 60) run_logged tests "$PY" -m pytest -q -rfEs -p no:cacheprovider $flags \
+    -k cuda tests || rc=1
+  bin=$(sanitizer)
+  if [ -z "$bin" ]; then
+    echo "compute-sanitizer not found" | tee -a "$OUT/sanitize.log"
+    rc=1
+  else
+    for tool in memcheck racecheck; do
+      # shellcheck disable=SC2086
+      PYTORCH_NO_CUDA_MEMORY_CACHING=1 LIMIT=45 run_logged sanitize "$bin" --tool "$tool" --error-exitcode 1 \
+        --print-limit 20 ${SANITIZER_FILTER-"--kernel-name kns=focalops"} "$PY" benchmarks/cuda_small_cases.py || rc=1
+    done
+  fi
+  LIMIT=$(at_least $(($(left) - 5)) 30) run_logged bench "$PY" -m benchmarks --device cuda --quick \
+    --out "$OUT/bench" || rc=1
+  {
+    echo "first-contact: exit $rc after $((SECONDS - start)) s"
+    grep -h "focalops build" "$OUT/build.log" 2>/dev/null | tail -1
+    grep -h -E "^== .*: exit|stopped after" "$OUT/tests.log" "$OUT/sanitize.log" "$OUT/bench.log" 2>/dev/null
+    grep -h -E "(passed|failed|error)(,| in )|^(FAILED|ERROR) " "$OUT/tests.log" 2>/dev/null | tail -40
+    grep -h -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitize.log" 2>/dev/null
+  } | tee -a "$OUT/summary.txt"
+  return $rc
+}
+
 status=0
 for stage in "$@"; do
   echo "######## stage $stage"
   case $stage in
+    first-contact) first_contact || status=1 ;;
     build) build || status=1 ;;
     tests)
       ensure_built || { status=1; continue; }

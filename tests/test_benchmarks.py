@@ -7,8 +7,8 @@ from benchmarks.__main__ import main
 
 def test_quick_run_writes_json_and_chart(tmp_path, capsys):
     assert main(["--quick", "--device", "cpu", "--only", "focal_loss,nms,postprocess", "--out", str(tmp_path)]) == 0
-    result = json.loads((tmp_path / "cpu-quick.json").read_text())
-    assert (tmp_path / "cpu-quick.png").stat().st_size > 0
+    result = json.loads((tmp_path / "cpu-focal_loss-nms-postprocess-quick.json").read_text())
+    assert (tmp_path / "cpu-focal_loss-nms-postprocess-quick.png").stat().st_size > 0
     assert result["meta"]["device"] and result["meta"]["torch"]
     rows = result["rows"]
     ops = {(r["op"], r["impl"], r["pass"]) for r in rows}

@@ -100,17 +100,17 @@ def export_batch_detector(
 
     Traced size-obliviously (``backed_size_oblivious``): a size the trace sees as >= 2 is not
     assumed to stay >= 2, so nothing specialises on sizes of 1 (broadcasts in the backbone,
-    1 x 1 pyramid levels) and the program runs every size in range; the export fails instead
-    where the module's code could only be traced for sizes >= 2."""
+    1 x 1 pyramid levels) and the program runs every size in range. Height and width are
+    ``Dim.DYNAMIC``: the export fails if they would specialise, and a guard the trace adds
+    stays an input check of the program (torch 2.11's max-pool shape rule guards the parity of
+    ``(padded - 1) // 2``, odd for every multiple of 32, which a named ``Dim`` turns into an
+    export error)."""
     from torch.fx.experimental import _config as fx_config
 
     weight = next(module.parameters())
     example = torch.rand(example_batch, 3, *example_size, device=weight.device, dtype=weight.dtype)
-    dims = {
-        0: torch.export.Dim("batch", min=1, max=max_batch),
-        2: torch.export.Dim("height", min=1, max=max_image_size),
-        3: torch.export.Dim("width", min=1, max=max_image_size),
-    }
+    side = torch.export.Dim.DYNAMIC(min=1, max=max_image_size)
+    dims = {0: torch.export.Dim("batch", min=1, max=max_batch), 2: side, 3: side}
     with fx_config.patch(backed_size_oblivious=True):
         return torch.export.export(module, (example,), dynamic_shapes=(dims,))
 
