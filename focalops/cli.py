@@ -362,12 +362,24 @@ def _add_data_args(p: argparse.ArgumentParser, for_eval: bool = False) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="focalops", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
+    # Options several commands share, stated once.
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="on failure, show the Python traceback")
+    running = argparse.ArgumentParser(add_help=False)
+    running.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto. Default auto")
+    running.add_argument("--no-progress", action="store_true", help="no progress bars")
+    amp = argparse.ArgumentParser(add_help=False)
+    amp.add_argument("--amp", action="store_true", help="autocast mixed precision (--amp-dtype)")
+    amp.add_argument(
+        "--amp-dtype",
+        choices=_AMP_DTYPES,
+        default="bf16",
+        help="bf16 (CPU or CUDA) or fp16 (CUDA; training scales the loss). Default bf16",
+    )
 
     p = sub.add_parser(
         "train",
-        parents=[common],
+        parents=[common, running, amp],
         help="train a RetinaNet",
         description="Train a RetinaNet (then evaluate it with --eval). Ctrl-C saves a checkpoint; --resume "
         "continues it exactly.",
@@ -415,17 +427,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="fractions of the run where the LR drops x10. Default 0.67,0.89",
     )
     g.add_argument("--clip-grad", type=float, default=10.0, help="gradient-norm clipping (0: off). Default 10")
-    g.add_argument("--amp", action="store_true", help="autocast mixed precision (--amp-dtype)")
-    g.add_argument(
-        "--amp-dtype",
-        choices=_AMP_DTYPES,
-        default="bf16",
-        help="bf16 (CPU or CUDA) or fp16 (CUDA, with loss scaling). Default bf16",
-    )
     g.add_argument("--flip", type=float, default=0.5, help="probability of a horizontal flip. Default 0.5")
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=0, help="seed of weights, data order and augmentation. Default 0")
-    g.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto. Default auto")
     g.add_argument(
         "--out",
         default="runs/retinanet",
@@ -449,11 +453,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="report COCO mAP on the validation data after training (checked before the first iteration)",
     )
-    g.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = sub.add_parser(
         "eval",
-        parents=[common],
+        parents=[common, running, amp],
         help="COCO mAP (AP, AP50, AP75) of a checkpoint",
         description="COCO mAP of a checkpoint (pycocotools) on the validation data it was trained with (restored "
         "from the checkpoint: dataset, folders, splits, classes, image size; data flags override).",
@@ -462,14 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p, for_eval=True)
     p.add_argument("--batch-size", type=int, default=8, help="images per batch. Default 8")
     p.add_argument("--score-thresh", type=float, default=0.05, help="detection score threshold. Default 0.05")
-    p.add_argument("--amp", action="store_true", help="autocast mixed precision")
-    p.add_argument("--amp-dtype", choices=_AMP_DTYPES, default="bf16", help="bf16 or fp16 (CUDA). Default bf16")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto. Default auto")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     p = sub.add_parser(
         "predict",
-        parents=[common],
+        parents=[common, running],
         help="draw detections on images; write them as JSON/CSV",
         description="Detect objects on an image or a folder of images at their full size (whole, resized to the "
         "training scale, or in tiles with --tile for large rasters); draw them (PNG) and/or write them "
@@ -516,8 +515,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="resize the shorter side (of the image or of each tile) to this (default: as trained)",
     )
     p.add_argument("--max-size", type=int, help="cap on the longer side when resizing (default: as trained)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto. Default auto")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar over tiles")
 
     p = sub.add_parser(
         "export",
