@@ -581,8 +581,8 @@ def _one_line_warnings():
 
 def _export(args, explicit) -> int:
     """``focalops export``: writes the program (and AOTInductor package) or the ONNX model."""
+    from focalops.engine import aoti_path, export_checkpoint
     from focalops.errors import ConfigError, one_line
-    from focalops.export import aoti_path, export_checkpoint
 
     onnx = getattr(args, "onnx", False)
     try:

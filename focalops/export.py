@@ -1,10 +1,9 @@
-"""Deployment: a checkpoint -> a ``torch.export`` program of the whole detector (``.pt2``) and,
-optionally, an AOTInductor package of it (``focalops export CKPT -o model.pt2 [--aoti]``), or an
-ONNX model of standard operators (``focalops export CKPT --onnx -o model.onnx``); a torchvision
-RetinaNet -> the same files (:func:`export_torchvision`).
+"""Deployment files of a detector: a ``torch.export`` program (``.pt2``), an AOTInductor package
+or an ONNX model of standard operators, each carrying focalops' metadata (:func:`read_metadata`);
+a torchvision RetinaNet -> those files (:func:`export_torchvision`). (``focalops export CKPT``, a
+training checkpoint -> the same files, is :func:`focalops.engine.export_checkpoint`.)
 
-Every file carries the class names and settings as metadata (:func:`read_metadata`). Loading the
-program needs no model code::
+Loading the program needs no model code::
 
     import torch, focalops  # focalops registers the custom ops the program calls
     detector = torch.export.load("model.pt2").module()
@@ -22,95 +21,45 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from focalops.models.retinanet import EXPORT_EXAMPLE_MIN_SIZE, PREPROCESSING, export_batch_detector
+from focalops.models.retinanet import EXPORT_EXAMPLE_MIN_SIZE, export_batch_detector
 
 METADATA_FILE = "focalops.json"  # the .pt2 archive entry (torch.export.save extra_files)
 METADATA_KEY = "focalops"  # the AOTInductor package metadata key (a JSON string)
-DEFAULT_IMAGE_SIZE = 512
 
 
-def aoti_path(out_path: str) -> str:
-    """Where ``--aoti`` writes the AOTInductor package: ``model.pt2`` -> ``model.aoti.pt2``."""
-    stem = out_path[: -len(".pt2")] if out_path.endswith(".pt2") else out_path
-    return stem + ".aoti.pt2"
-
-
-def _metadata(model, ckpt: Dict[str, Any], image_size: int) -> Dict[str, Any]:
-    import focalops
-
-    saved = ckpt.get("args", {})
-    return {
-        "focalops_version": focalops.__version__,
-        "torch_version": torch.__version__,
-        "classes": list(ckpt.get("classes") or [str(k) for k in range(model.num_classes)]),
-        "config": {k: list(v) if isinstance(v, tuple) else v for k, v in model.config.items()},
-        # The resize the model was trained with (focalops.data.Resize: shorter side, cap on the
-        # longer side); the program itself accepts any size.
-        "image_size": image_size,
-        "max_size": saved.get("max_size"),
-        "preprocessing": PREPROCESSING,
-        "inputs": "images: float32 Tensor[B, 3, H, W], RGB in [0, 1]",
-        "outputs": "boxes [B, D, 4] (x1, y1, x2, y2 pixels), scores [B, D], labels [B, D] int64 (-1 padding), "
-        "counts [B] int64: image b's detections are its first counts[b] rows",
-    }
-
-
-def export_checkpoint(
-    ckpt_path: str,
-    out_path: str,
-    score_thresh: Optional[float] = None,
-    image_size: Optional[int] = None,
-    aoti: bool = False,
-    onnx: bool = False,
+def write_program(
+    program: "torch.export.ExportedProgram",
+    path: str,
+    metadata: Dict[str, Any],
+    *,
+    onnx: Optional[bool] = None,
+    aoti_package: Optional[str] = None,
 ) -> str:
-    """Exports a training checkpoint (``last.pth``) as a ``torch.export`` program (CPU, float32),
-    or as an ONNX model.
-
-    Args:
-        ckpt_path (str): a checkpoint written by ``focalops train``.
-        out_path (str): the ``.pt2`` to write (``torch.export.save``).
-        score_thresh (float, optional): detection score threshold baked into the program;
-            default the checkpoint's.
-        image_size (int, optional): recorded in the metadata as the resize to apply before
-            inference, and the size the example batch is traced at (at least 129); default the
-            checkpoint's training size, else 512. The program accepts any ``H, W`` in [1, 8192].
-        aoti (bool): also write an AOTInductor package at :func:`aoti_path` (compiles C++ code:
-            minutes on a few cores).
-        onnx (bool): write an ONNX model (standard operators, opset 18; needs ``onnx`` and
-            ``onnxscript``) to ``out_path`` instead of the program; it takes any ``H, W >= 1``.
+    """Writes ``program`` with ``metadata`` to ``path``: an ONNX model of standard operators if
+    ``onnx`` (default: for a ``.onnx`` path; needs ``onnx`` and ``onnxscript``), else the
+    ``torch.export`` archive and, if ``aoti_package`` names a file, an AOTInductor package of it
+    there (compiles C++ code: minutes on a few cores).
 
     Returns:
-        str: ``out_path``.
+        str: ``path``.
     """
-    from focalops.engine import load_model
-
-    if onnx:
-        from focalops.onnx_export import require_onnx
-
-        require_onnx()  # before the minutes of tracing
-    overrides = {} if score_thresh is None else {"score_thresh": score_thresh}
-    model, ckpt = load_model(ckpt_path, **overrides)
-    size = image_size or ckpt.get("args", {}).get("image_size") or DEFAULT_IMAGE_SIZE
-    example = max(size, EXPORT_EXAMPLE_MIN_SIZE)
-    program = model.eval().export(example_size=(example, example))
-    metadata = _metadata(model, ckpt, size)
-    if onnx:
+    if path.endswith(".onnx") if onnx is None else onnx:
         from focalops.onnx_export import export_program
 
-        return export_program(program, out_path, metadata)
-    torch.export.save(program, out_path, extra_files={METADATA_FILE: json.dumps(metadata)})
-    if aoti:
+        return export_program(program, path, metadata)
+    torch.export.save(program, path, extra_files={METADATA_FILE: json.dumps(metadata)})
+    if aoti_package is not None:
         torch._inductor.aoti_compile_and_package(
             program,
-            package_path=aoti_path(out_path),
+            package_path=aoti_package,
             inductor_configs={"aot_inductor.metadata": {METADATA_KEY: json.dumps(metadata)}},
         )
-    return out_path
+    return path
 
 
 def read_metadata(path: str) -> Dict[str, Any]:
     """The metadata (class names, settings, input and output description) of a file written by
-    :func:`export_checkpoint` or :func:`export_torchvision`: the ``.pt2`` program, the
+    :func:`focalops.engine.export_checkpoint` or :func:`export_torchvision`: the ``.pt2`` program, the
     AOTInductor package or the ``.onnx`` model.
 
     Raises:
@@ -216,10 +165,5 @@ def export_torchvision(
         "outputs": "boxes [B, D, 4] (x1, y1, x2, y2 pixels), scores [B, D], labels [B, D] int64 (-1 padding), "
         "counts [B] int64: image b's detections are its first counts[b] rows",
     }
-    if path.endswith(".onnx"):
-        from focalops.onnx_export import export_program
-
-        export_program(program, path, metadata)
-    else:
-        torch.export.save(program, path, extra_files={METADATA_FILE: json.dumps(metadata)})
+    write_program(program, path, metadata)
     return program

@@ -37,7 +37,7 @@ except ImportError:  # pragma: no cover
     FLOAT = INT64 = Any
 
 OPSET = 18
-METADATA_KEY = "focalops"  # metadata_props entry holding the JSON of focalops.export._metadata
+METADATA_KEY = "focalops"  # metadata_props entry holding the JSON of the file's metadata
 _BOX_CLAMP = math.log(1000.0 / 16)
 
 

@@ -11,8 +11,8 @@ import torch
 
 import focalops
 from focalops import cli
-from focalops.engine import save_checkpoint
-from focalops.export import aoti_path, export_checkpoint, read_metadata
+from focalops.engine import aoti_path, export_checkpoint, save_checkpoint
+from focalops.export import read_metadata
 from focalops.models import RetinaNet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -6,16 +6,20 @@ functions (the CLI parses its flags and calls these).
 - :func:`detect`: detections on a whole image, resized or tiled (large rasters).
 - :func:`save_checkpoint` / :func:`load_checkpoint` / :func:`load_model`: checkpoints that open
   with ``weights_only=True`` and carry a SHA-256 content digest checked on load.
+- :func:`export_checkpoint`: a checkpoint -> a ``torch.export`` program, AOTInductor package or
+  ONNX model (``focalops export``).
 """
 
 from focalops.engine.checkpoint import content_digest, load_checkpoint, load_model, save_checkpoint
 from focalops.engine.evaluation import amp_dtype, autocast, coco_map, evaluate, resolve_device
+from focalops.engine.export import aoti_path, export_checkpoint
 from focalops.engine.inference import detect, draw, merge_tiles, records, tile_windows, write_detections
 from focalops.engine.training import TrainConfig, TrainingInterrupted, lr_factor, train
 
 __all__ = [
     "TrainConfig",
     "TrainingInterrupted",
+    "aoti_path",
     "amp_dtype",
     "autocast",
     "coco_map",
@@ -23,6 +27,7 @@ __all__ = [
     "detect",
     "draw",
     "evaluate",
+    "export_checkpoint",
     "load_checkpoint",
     "load_model",
     "lr_factor",
