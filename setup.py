@@ -1,7 +1,7 @@
 """Build focalops: CPU kernels always, CUDA kernels when torch has CUDA and a CUDA toolkit is found.
 
 The CPU kernels in csrc/cpu/kernels/ are compiled once per capability (default, avx2, avx512;
-default only off x86-64) and one set is chosen when the library loads (csrc/cpu/kernels.h).
+default only off x86-64) and one set is chosen when the library loads (csrc/cpu/stub.h).
 
 A build loads only with the torch release line it was compiled against (torch's C++ ABI changes
 between releases), so a built wheel says so: it requires `torch==<build major.minor>.*`, carries a

@@ -3,7 +3,7 @@
 #include <Python.h>
 #include <torch/library.h>
 
-#include "cpu/kernels.h"
+#include "cpu/stub.h"
 
 // `import focalops._C` loads this library and runs the registrations below. Every op is reached
 // through torch.ops.focalops (which keeps torch.compile and opcheck working and lets the

@@ -1,4 +1,4 @@
-"""Every CPU build the host can run (csrc/cpu/kernels.h): the capability chosen, agreement between
+"""Every CPU build the host can run (csrc/cpu/stub.h): the capability chosen, agreement between
 capabilities, the op tests under each one, and vector code in each build's hot functions.
 
 The library picks its kernels when it loads, so another capability needs another process:

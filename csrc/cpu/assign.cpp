@@ -20,10 +20,16 @@
 #include <vector>
 
 #include "checks/assign.h"
-#include "cpu/kernels.h"
+#include "cpu/assign.h"
 #include "math/box.h"
 
 namespace focalops {
+
+namespace cpu {
+Stub<MaxIouFn> max_iou_stub;
+Stub<MatchBoxFn> match_box_stub;
+}  // namespace cpu
+
 namespace {
 
 constexpr int64_t kTile = 512;

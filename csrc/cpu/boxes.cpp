@@ -11,10 +11,16 @@
 #include <vector>
 
 #include "checks/boxes.h"
-#include "cpu/kernels.h"
+#include "cpu/boxes.h"
 #include "math/box.h"
 
 namespace focalops {
+
+namespace cpu {
+Stub<IouRowFn> iou_row_stub;
+Stub<CodeRowsFn> code_rows_stub;
+}  // namespace cpu
+
 namespace {
 
 template <typename T, typename A>

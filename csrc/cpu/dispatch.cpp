@@ -1,20 +1,13 @@
-// The stubs of cpu/kernels.h and the choice of capability.
-#include "cpu/kernels.h"
+// The choice of capability (cpu/stub.h).
+#include "cpu/stub.h"
 
 #include <ATen/Version.h>
 
 #include <string>
+#include <vector>
 
 namespace focalops {
 namespace cpu {
-
-Stub<FocalTileFn> focal_tile_stub;
-Stub<IouRowFn> iou_row_stub;
-Stub<CodeRowsFn> code_rows_stub;
-Stub<MaxIouFn> max_iou_stub;
-Stub<MatchBoxFn> match_box_stub;
-Stub<SuppressFn> suppress_stub;
-Stub<FirstAboveFn> first_above_stub;
 
 namespace {
 
@@ -30,12 +23,33 @@ Capability from_aten() {
   return Capability::kDefault;
 }
 
+struct Enrolled {
+  const void* stub;
+  bool (*has)(const void*, Capability);
+};
+
+// A function-local static: registrations run during static initialisation, in any order of the
+// translation units.
+std::vector<Enrolled>& enrolled() {
+  static std::vector<Enrolled> all;
+  return all;
+}
+
 }  // namespace
+
+void enrol(const void* stub, bool (*has)(const void*, Capability)) { enrolled().push_back({stub, has}); }
 
 Capability capability() {
   static const Capability chosen = [] {
     int c = static_cast<int>(from_aten());
-    while (c > 0 && focal_tile_stub.fns[c] == nullptr) --c;  // e.g. a compiler without AVX-512
+    // Lowered while some stub lacks a kernel of it (e.g. a compiler without AVX-512).
+    const auto complete = [](int cap) {
+      for (const Enrolled& e : enrolled()) {
+        if (!e.has(e.stub, static_cast<Capability>(cap))) return false;
+      }
+      return true;
+    };
+    while (c > 0 && !complete(c)) --c;
     return static_cast<Capability>(c);
   }();
   return chosen;

@@ -19,11 +19,16 @@
 #include <vector>
 
 #include "checks/focal_loss.h"
-#include "cpu/kernels.h"
+#include "cpu/focal_loss.h"
 #include "cpu/reusable_buffer.h"
 #include "math/focal_loss.h"
 
 namespace focalops {
+
+namespace cpu {
+Stub<FocalTileFn> focal_tile_stub;
+}  // namespace cpu
+
 namespace {
 
 constexpr int64_t kTile = 1024;

@@ -17,11 +17,15 @@
 #include <vector>
 
 #include "checks/nms.h"
-#include "cpu/kernels.h"
 #include "cpu/nms.h"
 #include "math/box.h"
 
 namespace focalops {
+
+namespace cpu {
+Stub<SuppressFn> suppress_stub;
+}  // namespace cpu
+
 namespace {
 
 // Boxes k.. of c.

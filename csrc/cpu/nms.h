@@ -1,12 +1,19 @@
-// The greedy NMS that nms / batched_nms (cpu/nms.cpp) and the post-processing
-// (cpu/postprocess.cpp) share, CPU.
+// The NMS family's CPU kernel (cpu/kernels/nms.cpp), and the greedy NMS that nms / batched_nms
+// (cpu/nms.cpp) and the post-processing (cpu/postprocess.cpp) share.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
+#include "cpu/boxes.h"
+#include "cpu/stub.h"
+
 namespace focalops {
 namespace cpu {
+
+// removed[j] becomes non-zero where IoU(box, boxes[j]) > thr, for j in [0, n).
+using SuppressFn = void (*)(const float* box, Columns boxes, int64_t n, float thr, int32_t* removed);
+extern Stub<SuppressFn> suppress_stub;
 
 // Indices of the kept boxes in decreasing score order (ties: lower index first), at most
 // max_keep of them. Boxes of different classes never suppress each other (classes may be

@@ -14,12 +14,17 @@
 #include <vector>
 
 #include "checks/postprocess.h"
-#include "cpu/kernels.h"
 #include "cpu/nms.h"
+#include "cpu/postprocess.h"
 #include "math/box.h"
 #include "math/postprocess.h"
 
 namespace focalops {
+
+namespace cpu {
+Stub<FirstAboveFn> first_above_stub;
+}  // namespace cpu
+
 namespace {
 
 template <typename T>

@@ -1,5 +1,6 @@
 // The two IoU passes of anchor assignment (see cpu/assign.cpp), anchors in columns.
 #include "cpu/kernels/vec.h"
+#include "cpu/assign.h"
 #include "math/box.h"
 
 namespace focalops {

@@ -1,5 +1,6 @@
 // One box against a column of boxes (the IoU row of box_iou), and box coding.
 #include "cpu/kernels/vec.h"
+#include "cpu/boxes.h"
 #include "math/box.h"
 
 #include <algorithm>

@@ -1,5 +1,6 @@
-// Sigmoid focal loss over one staged tile (cpu/kernels.h: FocalTile), on vector lanes (Vec)
+// Sigmoid focal loss over one staged tile (cpu/focal_loss.h: FocalTile), on vector lanes (Vec)
 // with the scalar math for the tail: both are math/focal_loss.h.
+#include "cpu/focal_loss.h"
 #include "cpu/kernels/vec.h"
 #include "math/focal_loss.h"
 

@@ -1,5 +1,6 @@
-// The inner loops of NMS (the suppression test) and of post-processing (the score pass).
+// The inner loop of NMS: the suppression test of one box against a column of boxes.
 #include "cpu/kernels/vec.h"
+#include "cpu/nms.h"
 #include "math/box.h"
 
 namespace focalops {
@@ -20,22 +21,7 @@ void suppress(const float* box, Columns c, int64_t n, float thr, int32_t* remove
   }
 }
 
-int64_t first_above(const float* x, int64_t begin, int64_t n, float lo) {
-  constexpr int kAllZero = (1 << Vec::size()) - 1;
-  const Vec lo_v(lo);
-  int64_t i = begin;
-  for (; i + Vec::size() <= n; i += Vec::size()) {
-    const Vec v = Vec::loadu(x + i);
-    if (((v > lo_v) | (v != v)).zero_mask() != kAllZero) break;
-  }
-  for (; i < n; ++i) {
-    if (x[i] > lo || x[i] != x[i]) return i;
-  }
-  return n;
-}
-
 FO_REGISTER_KERNEL(suppress_stub, suppress);
-FO_REGISTER_KERNEL(first_above_stub, first_above);
 
 }  // namespace
 }  // namespace CPU_CAPABILITY

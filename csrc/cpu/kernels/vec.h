@@ -5,7 +5,7 @@
 
 #include <ATen/cpu/vec/vec.h>
 
-#include "cpu/kernels.h"
+#include "cpu/stub.h"
 #include "math/common.h"
 
 #if defined(CPU_CAPABILITY_AVX512)
