@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -142,12 +143,17 @@ inline uint64_t descending_key(double s) {
 namespace cpu {
 
 template <typename S>
-std::vector<int64_t> nms_core(const float* boxes, const S* scores, const int64_t* classes, int64_t n, float thr,
-                              int64_t max_keep) {
+std::vector<int64_t> nms_core(const char* op, const float* boxes, const S* scores, const int64_t* classes, int64_t n,
+                              float thr, int64_t max_keep) {
   // order: indices by (score desc, index asc). Sorting (key, index) pairs compares in registers,
   // not through the score array: the sorts were most of batched NMS's time.
   std::vector<std::pair<uint64_t, int64_t>> ranked(n);
-  for (int64_t i = 0; i < n; ++i) ranked[i] = {descending_key(scores[i]), i};
+  bool nan_score = false;
+  for (int64_t i = 0; i < n; ++i) {
+    nan_score |= std::isnan(scores[i]);
+    ranked[i] = {descending_key(scores[i]), i};
+  }
+  TORCH_CHECK(op == nullptr || !nan_score, op, ": scores contain NaN");
   std::sort(ranked.begin(), ranked.end());
   std::vector<int64_t> order(n);
   for (int64_t p = 0; p < n; ++p) order[p] = ranked[p].second;
@@ -183,21 +189,29 @@ std::vector<int64_t> nms_core(const float* boxes, const S* scores, const int64_t
   starts.push_back(n);
   std::vector<uint8_t> keep(n, 0);
   const int64_t num_buckets = static_cast<int64_t>(starts.size()) - 1;
+  std::atomic<bool> nan_box{false};
   at::parallel_for(0, num_buckets, 1, [&](int64_t b0, int64_t b1) {
     std::vector<float> bucket;
     std::vector<uint8_t> kept;
+    bool nan = false;
     for (int64_t c = b0; c < b1; ++c) {
       const int64_t lo = starts[c], m = starts[c + 1] - starts[c];
       bucket.resize(4 * m);
       for (int64_t q = 0; q < m; ++q) {
-        for (int k = 0; k < 4; ++k) bucket[k * m + q] = boxes[4 * order[pos[lo + q]] + k];
+        for (int k = 0; k < 4; ++k) {
+          const float v = boxes[4 * order[pos[lo + q]] + k];
+          nan |= v != v;
+          bucket[k * m + q] = v;
+        }
       }
       kept.assign(m, 0);
       const float* col = bucket.data();
       greedy_nms(cpu::Columns{col, col + m, col + 2 * m, col + 3 * m}, m, thr, kept.data());
       for (int64_t q = 0; q < m; ++q) keep[pos[lo + q]] = kept[q];
     }
+    if (nan) nan_box = true;
   });
+  TORCH_CHECK(op == nullptr || !nan_box, op, ": boxes contain NaN");
   std::vector<int64_t> out;
   for (int64_t p = 0; p < n && static_cast<int64_t>(out.size()) < max_keep; ++p) {
     if (keep[p]) out.push_back(order[p]);
@@ -205,8 +219,10 @@ std::vector<int64_t> nms_core(const float* boxes, const S* scores, const int64_t
   return out;
 }
 
-template std::vector<int64_t> nms_core<float>(const float*, const float*, const int64_t*, int64_t, float, int64_t);
-template std::vector<int64_t> nms_core<double>(const float*, const double*, const int64_t*, int64_t, float, int64_t);
+template std::vector<int64_t> nms_core<float>(const char*, const float*, const float*, const int64_t*, int64_t, float,
+                                              int64_t);
+template std::vector<int64_t> nms_core<double>(const char*, const float*, const double*, const int64_t*, int64_t, float,
+                                               int64_t);
 
 }  // namespace cpu
 
@@ -214,15 +230,13 @@ namespace {
 
 at::Tensor nms_entry(const char* op, const at::Tensor& boxes_in, const at::Tensor& scores_in, const at::Tensor* idxs,
                      double iou_threshold) {
-  TORCH_CHECK(!at::isnan(boxes_in).any().item<bool>(), op, ": boxes contain NaN");
-  TORCH_CHECK(!at::isnan(scores_in).any().item<bool>(), op, ": scores contain NaN");
   const int64_t n = boxes_in.size(0);
   const at::Tensor boxes = boxes_in.to(at::kFloat).contiguous();
   const at::Tensor scores = scores_in.to(scores_in.scalar_type() == at::kDouble ? at::kDouble : at::kFloat).contiguous();
   const at::Tensor classes = idxs ? idxs->contiguous() : at::Tensor();
   std::vector<int64_t> keep;
   AT_DISPATCH_FLOATING_TYPES(scores.scalar_type(), "nms_cpu", [&] {
-    keep = cpu::nms_core(boxes.data_ptr<float>(), scores.data_ptr<scalar_t>(), idxs ? classes.data_ptr<int64_t>() : nullptr, n,
+    keep = cpu::nms_core(op, boxes.data_ptr<float>(), scores.data_ptr<scalar_t>(), idxs ? classes.data_ptr<int64_t>() : nullptr, n,
                     static_cast<float>(iou_threshold), n);
   });
   at::Tensor out = at::empty({static_cast<int64_t>(keep.size())}, boxes_in.options().dtype(at::kLong));

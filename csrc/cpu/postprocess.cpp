@@ -163,7 +163,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> postprocess_impl(cons
         bad_anchor[b] = !finite_anchors;
         continue;
       }
-      const auto keep = cpu::nms_core(boxes_f.data(), scores.data(), labels.data(), static_cast<int64_t>(scores.size()), nms_thr, D);
+      const auto keep = cpu::nms_core(nullptr, boxes_f.data(), scores.data(), labels.data(), static_cast<int64_t>(scores.size()), nms_thr, D);
       for (size_t r = 0; r < keep.size(); ++r) {
         std::copy_n(boxes.data() + 4 * keep[r], 4, ob + (b * D + r) * 4);
         os[b * D + r] = scores[keep[r]];
