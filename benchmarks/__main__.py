@@ -66,7 +66,7 @@ def _chart(rows, path):
     ax.invert_yaxis()
     ax.axvline(1.0, color="k", lw=0.8)
     ax.set_xscale("log")
-    ax.set_xlabel("speed-up over focalops.reference (median time, log scale)")
+    ax.set_xlabel("speed-up over the baseline: focalops.reference (export: eager) (median time, log scale)")
     ax.set_title(f"focalops on {common.device_name(shown[0]['device'])}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

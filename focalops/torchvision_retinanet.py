@@ -13,7 +13,6 @@ The subclasses are created once per original class (torchvision is imported only
 import contextlib
 import functools
 import types
-from collections import OrderedDict
 from typing import Dict, List, Tuple
 
 import torch
@@ -21,24 +20,12 @@ from torch import Tensor, nn
 
 import focalops
 from focalops.errors import OpIndexError
+from focalops.models.batched import foreground_l1, pad_targets, split_detections
 from focalops.models.retinanet import per_anchor_rows
+from focalops.ops.anchors import LruCache
 
 _CACHE_SIZE = 8
 _CACHE_ATTR = "_focalops_anchor_cache"
-
-
-def _padded_targets(targets: List[Dict[str, Tensor]], device) -> Tuple[Tensor, Tensor, Tensor]:
-    """``boxes [B, G, 4]``, ``labels [B, G]``, ``counts [B]`` from torchvision's list of dicts."""
-    boxes = [t["boxes"].float() for t in targets]
-    labels = [t["labels"].long() for t in targets]
-    counts = torch.tensor([b.shape[0] for b in boxes], dtype=torch.int64)  # shapes: known on the host
-    g = int(counts.max()) if len(boxes) else 0
-    gt_boxes = boxes[0].new_zeros(len(boxes), g, 4)
-    gt_labels = labels[0].new_zeros(len(labels), g)
-    for i, (b, lab) in enumerate(zip(boxes, labels)):
-        gt_boxes[i, : b.shape[0]] = b
-        gt_labels[i, : lab.shape[0]] = lab
-    return gt_boxes, gt_labels, counts.to(device, non_blocking=True)
 
 
 def _check_labels(targets: List[Dict[str, Tensor]], num_classes: int) -> None:
@@ -62,7 +49,8 @@ def _compute_loss(self, targets: List[Dict[str, Tensor]], head_outputs: Dict[str
     cls_logits, box_deltas = head_outputs["cls_logits"], head_outputs["bbox_regression"]
     _check_labels(targets, cls_logits.shape[-1])
     anchors0 = anchors[0]  # one padded batch: every image has the same anchors
-    gt_boxes, gt_labels, counts = _padded_targets(targets, anchors0.device)
+    gt_boxes, gt_labels, counts = pad_targets([t["boxes"] for t in targets], [t["labels"] for t in targets])
+    counts = counts.to(anchors0.device, non_blocking=True)
     matcher = self.proposal_matcher
     matched = focalops.assign(
         anchors0.float(),
@@ -82,8 +70,7 @@ def _compute_loss(self, targets: List[Dict[str, Tensor]], head_outputs: Dict[str
             for b in range(cls_logits.shape[0])
         ]
     ).float()
-    l1 = (box_deltas.float() - box_targets).abs().sum(-1)
-    box_loss = torch.where(foreground, l1, torch.zeros_like(l1)).sum(1) / num_fg
+    box_loss = foreground_l1(box_deltas, box_targets, foreground) / num_fg
     n = max(1, len(targets))
     return {"classification": cls_loss.sum() / n, "bbox_regression": box_loss.sum() / n}
 
@@ -124,10 +111,7 @@ def _postprocess_detections(
         nms_thresh,
         detections_per_img,
     )
-    counts_list: List[int] = counts.tolist()
-    for i, n in enumerate(counts_list):
-        detections.append({"boxes": boxes[i, :n], "scores": scores[i, :n], "labels": labels[i, :n]})
-    return detections
+    return split_detections(boxes, scores, labels, counts)
 
 
 def _joined(parts: List[Tensor], dim: int) -> Tensor:
@@ -290,14 +274,10 @@ def _cached_anchors(gen: nn.Module, image_list, feature_maps: List[Tensor]) -> L
         repr(gen.aspect_ratios),
         tuple((id(c), c._version) for c in cells),
     )
-    cache = gen.__dict__.setdefault(_CACHE_ATTR, OrderedDict())
+    cache = gen.__dict__.setdefault(_CACHE_ATTR, LruCache(_CACHE_SIZE))
     hit = cache.get(key)
     if hit is None or any(a is not b for a, b in zip(hit[0], cells)):  # an id reused by a new tensor
-        hit = (cells, gen._uncached_forward(image_list, feature_maps))
-        cache[key] = hit
-        if len(cache) > _CACHE_SIZE:
-            cache.popitem(last=False)
-    cache.move_to_end(key)
+        hit = cache.put(key, (cells, gen._uncached_forward(image_list, feature_maps)))
     return list(hit[1])
 
 

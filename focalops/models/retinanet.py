@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from focalops.models.batched import foreground_l1, pad_targets, split_detections
 from focalops.models.fpn import FPN
 from focalops.models.resnet import ResNet
 
@@ -323,19 +324,9 @@ class RetinaNet(nn.Module):
                 raise ValueError(
                     f"RetinaNet: labels of image {i} must be an integer [{b.shape[0]}] tensor, got {shape}"
                 )
-            boxes.append(b.float())
-            labels.append(lab.long())
-        counts = torch.tensor([b.shape[0] for b in boxes], dtype=torch.int64)  # shapes: known on the host
-        gt_boxes = (
-            nn.utils.rnn.pad_sequence(boxes, batch_first=True)
-            if counts.sum() > 0
-            else boxes[0].new_zeros(num_images, 0, 4)
-        )
-        gt_labels = (
-            nn.utils.rnn.pad_sequence(labels, batch_first=True)
-            if counts.sum() > 0
-            else labels[0].new_zeros(num_images, 0)
-        )
+            boxes.append(b)
+            labels.append(lab)
+        gt_boxes, gt_labels, counts = pad_targets(boxes, labels)
         valid = (
             torch.arange(gt_boxes.shape[1], device=gt_boxes.device)
             < counts.to(gt_boxes.device, non_blocking=True)[:, None]
@@ -525,8 +516,7 @@ class RetinaNet(nn.Module):
         cls_loss = ops.sigmoid_focal_loss(
             cls_logits, cls_targets, cfg["focal_alpha"], cfg["focal_gamma"], "sum", normalizer=num_fg
         )
-        l1 = (box_deltas.float() - box_targets.float()).abs().sum(-1)
-        box_loss = torch.where(foreground, l1, torch.zeros_like(l1)).sum() / num_fg
+        box_loss = foreground_l1(box_deltas, box_targets, foreground).sum() / num_fg
         return {"classification": cls_loss.float(), "bbox_regression": box_loss}
 
     def detect(
@@ -538,12 +528,7 @@ class RetinaNet(nn.Module):
         image_sizes: Tensor,
     ) -> List[Dict[str, Tensor]]:
         """Per-image detections from the head outputs (batched post-processing, then one split)."""
-        boxes, scores, labels, counts = self._postprocess(cls_logits, box_deltas, anchors, level_sizes, image_sizes)
-        # The only host read of the eval path: the number of detections of each image.
-        return [
-            {"boxes": b[:n], "scores": s[:n], "labels": lab[:n]}
-            for b, s, lab, n in zip(boxes, scores, labels, counts.tolist())
-        ]
+        return split_detections(*self._postprocess(cls_logits, box_deltas, anchors, level_sizes, image_sizes))
 
     def _postprocess(
         self, cls_logits: Tensor, box_deltas: Tensor, anchors: Tensor, level_sizes: List[int], image_sizes: Tensor

@@ -79,7 +79,7 @@ class AnchorGenerator:
         self.ratios = tuple(float(r) for r in ratios)
         self.scales = tuple(float(s) for s in scales)
         self.cache_size = cache_size
-        self._cache: OrderedDict[Tuple, Tuple[Tensor, List[int]]] = OrderedDict()
+        self._cache = LruCache(cache_size)
 
     @property
     def num_anchors_per_location(self) -> int:
@@ -137,11 +137,7 @@ class AnchorGenerator:
         key = (sizes, strides, device, dtype)
         entry = self._cache.get(key)
         if entry is None:
-            entry = self._cache[key] = self._build(sizes, strides, device, dtype)
-            while len(self._cache) > self.cache_size:
-                self._cache.popitem(last=False)  # the least recently used
-        else:
-            self._cache.move_to_end(key)
+            entry = self._cache.put(key, self._build(sizes, strides, device, dtype))
         anchors, level_sizes = entry
         return anchors, list(level_sizes)
 
@@ -178,6 +174,34 @@ class AnchorGenerator:
             levels.append((shifts.view(-1, 1, 4) + base.view(1, -1, 4)).reshape(-1, 4))
             counts.append(levels[-1].shape[0])
         return torch.cat(levels), counts
+
+
+class LruCache:
+    """The ``capacity`` most recently used entries of a dict: the anchor caches of
+    :class:`AnchorGenerator` and of an accelerated torchvision model's generator."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self._entries: OrderedDict = OrderedDict()
+
+    def get(self, key):
+        """The value of ``key`` (now the most recently used), or None."""
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
+
+    def put(self, key, value):
+        """Stores ``value`` as the most recently used, dropping the least recently used past
+        ``capacity``; returns ``value``."""
+        self._entries[key] = value
+        self._entries.move_to_end(key)
+        while len(self._entries) > self.capacity:
+            self._entries.popitem(last=False)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def _to_device(t: Tensor, device) -> Tensor:
