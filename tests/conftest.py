@@ -29,9 +29,10 @@ def device(request):
 
 
 def one_grid(device) -> int:
-    """Threads in the largest grid our elementwise launchers start on `device` (32 blocks of 256
-    threads per multiprocessor: csrc/cuda/boxes.cu, assign.cu): past this many elements a
-    kernel's grid-stride loop takes a second step. 0 on the CPU."""
+    """Threads in the largest grid our elementwise launchers start on `device`
+    (csrc/cuda/common.cuh grid_stride_blocks: kGridBlocksPerSm = 32 blocks of 256 threads per
+    multiprocessor): past this many elements a kernel's grid-stride loop takes a second step. 0
+    on the CPU."""
     if torch.device(device).type == "cpu":
         return 0
     if EMULATED:

@@ -231,6 +231,22 @@ def nvcc_jobs(nvcc_include_flags, tmp_path_factory):
     jobs.kill()
 
 
+CUDA_HEADERS = sorted(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cuh")))
+
+
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+@pytest.mark.parametrize("header", CUDA_HEADERS, ids=os.path.basename)
+def test_cuda_kernel_header_is_torch_free(header, tmp_path):
+    """The kernel bodies (csrc/cuda/*.cuh) compile with nvcc alone: csrc/ and the CUDA toolkit's
+    headers on the include path, no torch (the launchers in the .cu files pass raw pointers)."""
+    unit = tmp_path / "unit.cu"
+    unit.write_text(f'#include "cuda/{os.path.basename(header)}"\n')
+    command = ["nvcc", "-std=c++17", "-arch=sm_90", "--expt-relaxed-constexpr", "-I", os.path.join(ROOT, "csrc"),
+               "-c", str(unit), "-o", str(tmp_path / "unit.o")]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+
 @_SKIP_NVCC
 @pytest.mark.parametrize("source", CUDA_SOURCES, ids=os.path.basename)
 def test_cuda_source_compiles(source, nvcc_jobs):

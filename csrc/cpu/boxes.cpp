@@ -23,11 +23,6 @@ Stub<CodeRowsFn> code_rows_stub;
 
 namespace {
 
-template <typename T, typename A>
-inline void load4(const T* p, A* out) {
-  for (int k = 0; k < 4; ++k) out[k] = static_cast<A>(p[k]);
-}
-
 template <typename scalar_t>
 void box_iou_kernel(const scalar_t* b1, const scalar_t* b2, int64_t N, int64_t M, scalar_t* out) {
   using A = math::opmath_t<scalar_t>;
@@ -46,7 +41,7 @@ void box_iou_kernel(const scalar_t* b1, const scalar_t* b2, int64_t N, int64_t M
     }
     for (int64_t i = begin; i < end; ++i) {
       A a[4];
-      load4(b1 + 4 * i, a);
+      math::load_box(b1 + 4 * i, a);
       scalar_t* row = out + i * M;
       for (int64_t j = 0; j < M; ++j) {
         const A b[4] = {x1[j], y1[j], x2[j], y2[j]};
@@ -84,15 +79,15 @@ void coder_kernel(const scalar_t* x, const scalar_t* anchors, const scalar_t* gr
     int64_t m = begin % M;
     for (int64_t i = begin; i < end; ++i) {
       A xv[4], av[4], r[4];
-      load4(x + 4 * i, xv);
-      load4(anchors + 4 * m, av);
+      math::load_box(x + 4 * i, xv);
+      math::load_box(anchors + 4 * m, av);
       if constexpr (kOp == Coder::kEncode) {
         math::encode_box(xv, av, w, r);
       } else if constexpr (kOp == Coder::kDecode) {
         math::decode_box(xv, av, w, static_cast<A>(clamp), r);
       } else {
         A gv[4];
-        load4(grad + 4 * i, gv);
+        math::load_box(grad + 4 * i, gv);
         math::decode_box_backward(gv, xv, av, w, static_cast<A>(clamp), r);
       }
       for (int k = 0; k < 4; ++k) out[4 * i + k] = static_cast<scalar_t>(r[k]);

@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "cpu/stub.h"
+#include "math/box.h"
 
 namespace focalops {
 namespace cpu {
@@ -24,7 +25,7 @@ extern Stub<IouRowFn> iou_row_stub;
 // Box coding (torchvision's BoxCoder) of rows [begin, end) of n x 4 floats: out row i = f(x row
 // i, anchors row i % M[, grad row i]), f = encode (x: ground truth), decode (x: deltas, dw and
 // dh clamped at clamp) or the gradient of decode with respect to the deltas.
-enum class BoxCoding : int { kEncode = 0, kDecode = 1, kDecodeBackward = 2 };
+using math::BoxCoding;
 struct BoxRows {
   BoxCoding op;
   const float* x;

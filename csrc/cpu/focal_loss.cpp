@@ -33,7 +33,7 @@ namespace {
 
 constexpr int64_t kTile = 1024;
 
-enum class Mode { kLoss, kSum, kGrad };
+using math::FocalMode;
 
 // out[i] = m[i] * (loss or gradient)(x[i], t[i]) for i < n, or, with out == nullptr, the sum
 // of those values in a fixed order. float32: the vectorised kernel of this CPU's capability.
@@ -116,7 +116,7 @@ void check_soft_targets(const T* t, int64_t begin, int64_t n) {
 }
 
 template <typename scalar_t>
-void focal_cpu(Mode mode, const at::Tensor& x, const at::Tensor& targets, const at::Tensor& grad, double alpha,
+void focal_cpu(FocalMode mode, const at::Tensor& x, const at::Tensor& targets, const at::Tensor& grad, double alpha,
                double gamma, int64_t ignore_index, at::Tensor& out, at::Tensor* grad_out) {
   using T = math::opmath_t<scalar_t>;
   const int64_t numel = x.numel();
@@ -126,19 +126,19 @@ void focal_cpu(Mode mode, const at::Tensor& x, const at::Tensor& targets, const 
   if (numel == 0) {
     // K = 0 still has rows, whose labels must be valid (only -1 and ignore_index are).
     for (int64_t row = 0; hard && row < targets.numel(); ++row) check_label(lp[row], row, K, ignore_index);
-    if (mode == Mode::kSum) out.zero_();
+    if (mode == math::kFocalSum) out.zero_();
     return;
   }
   const scalar_t* xp = x.data_ptr<scalar_t>();
   const scalar_t* tp = hard ? nullptr : targets.data_ptr<scalar_t>();
-  const bool grad_each = mode == Mode::kGrad && grad.dim() > 0 && grad.sizes() == x.sizes();
+  const bool grad_each = mode == math::kFocalGrad && grad.dim() > 0 && grad.sizes() == x.sizes();
   const scalar_t* gp = grad_each ? grad.data_ptr<scalar_t>() : nullptr;
-  const T gscale = (mode == Mode::kGrad && !grad_each) ? static_cast<T>(grad.item<double>()) : T(1);
-  scalar_t* op = mode == Mode::kSum ? nullptr : out.data_ptr<scalar_t>();
+  const T gscale = (mode == math::kFocalGrad && !grad_each) ? static_cast<T>(grad.item<double>()) : T(1);
+  scalar_t* op = mode == math::kFocalSum ? nullptr : out.data_ptr<scalar_t>();
   scalar_t* gop = grad_out != nullptr ? grad_out->data_ptr<scalar_t>() : nullptr;
   const int gk = math::gamma_kind(static_cast<T>(gamma));
   const int64_t ntiles = (numel + kTile - 1) / kTile;
-  std::vector<double> partial(mode == Mode::kSum ? ntiles : 0);
+  std::vector<double> partial(mode == math::kFocalSum ? ntiles : 0);
 
   at::parallel_for(0, ntiles, 4, [&](int64_t tile0, int64_t tile1) {
     T xb[kTile], tb[kTile], mb[kTile], ob[kTile], gb[kTile];
@@ -156,18 +156,18 @@ void focal_cpu(Mode mode, const at::Tensor& x, const at::Tensor& targets, const 
       }
       if (gp) {
         for (int64_t i = 0; i < n; ++i) mb[i] *= static_cast<T>(gp[begin + i]);
-      } else if (mode == Mode::kGrad) {
+      } else if (mode == math::kFocalGrad) {
         for (int64_t i = 0; i < n; ++i) mb[i] *= gscale;
       }
-      T* ot = mode == Mode::kSum ? nullptr : ob;
+      T* ot = mode == math::kFocalSum ? nullptr : ob;
       T* gt = gop != nullptr ? gb : nullptr;
       if constexpr (std::is_same_v<T, scalar_t>) {
         if (op) ot = op + begin;
         if (gop) gt = gop + begin;
       }
-      const double sum = run_tile(hard, mode == Mode::kGrad, gk, xt, tt, mb, n, static_cast<T>(alpha),
+      const double sum = run_tile(hard, mode == math::kFocalGrad, gk, xt, tt, mb, n, static_cast<T>(alpha),
                                   static_cast<T>(gamma), ot, gt);
-      if (mode == Mode::kSum) {
+      if (mode == math::kFocalSum) {
         partial[k] = sum;
       } else if (ot == ob) {
         for (int64_t i = 0; i < n; ++i) op[begin + i] = static_cast<scalar_t>(ob[i]);
@@ -177,7 +177,7 @@ void focal_cpu(Mode mode, const at::Tensor& x, const at::Tensor& targets, const 
       }
     }
   });
-  if (mode == Mode::kSum) {
+  if (mode == math::kFocalSum) {
     double s = 0.0;
     for (double v : partial) s += v;
     // A float32 sum rounds to inf from FLT_MAX + half an ulp on, as float arithmetic would
@@ -188,7 +188,7 @@ void focal_cpu(Mode mode, const at::Tensor& x, const at::Tensor& targets, const 
   }
 }
 
-void dispatch(Mode mode, const at::Tensor& x, const at::Tensor& t, const at::Tensor& g, double alpha, double gamma,
+void dispatch(FocalMode mode, const at::Tensor& x, const at::Tensor& t, const at::Tensor& g, double alpha, double gamma,
               int64_t ignore_index, at::Tensor& out, at::Tensor* grad_out = nullptr) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "sigmoid_focal_loss_cpu",
                                   [&] { focal_cpu<scalar_t>(mode, x, t, g, alpha, gamma, ignore_index, out, grad_out); });
@@ -205,7 +205,7 @@ at::Tensor sigmoid_focal_loss_cpu(const at::Tensor& inputs, const at::Tensor& ta
   const at::Tensor x = inputs.contiguous();
   const at::Tensor t = targets.contiguous();
   at::Tensor out = empty_loss(x, reduce);
-  dispatch(reduce ? Mode::kSum : Mode::kLoss, x, t, at::Tensor(), alpha, gamma, ignore_index, out);
+  dispatch(reduce ? math::kFocalSum : math::kFocalLoss, x, t, at::Tensor(), alpha, gamma, ignore_index, out);
   return out;
 }
 
@@ -219,7 +219,7 @@ std::tuple<at::Tensor, at::Tensor> sigmoid_focal_loss_with_grad_cpu(const at::Te
   const at::Tensor t = targets.contiguous();
   at::Tensor out = empty_loss(x, reduce);
   at::Tensor grad = cpu::reusable_empty_like(x);  // the same size every step
-  dispatch(reduce ? Mode::kSum : Mode::kLoss, x, t, at::Tensor(), alpha, gamma, ignore_index, out, &grad);
+  dispatch(reduce ? math::kFocalSum : math::kFocalLoss, x, t, at::Tensor(), alpha, gamma, ignore_index, out, &grad);
   return {out, grad};
 }
 
@@ -231,7 +231,7 @@ at::Tensor sigmoid_focal_loss_backward_cpu(const at::Tensor& grad, const at::Ten
   const at::Tensor t = targets.contiguous();
   const at::Tensor g = reduce ? grad : grad.to(x.scalar_type()).contiguous();
   at::Tensor out = cpu::reusable_empty_like(x);
-  dispatch(Mode::kGrad, x, t, g, alpha, gamma, ignore_index, out);
+  dispatch(math::kFocalGrad, x, t, g, alpha, gamma, ignore_index, out);
   return out;
 }
 

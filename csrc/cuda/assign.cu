@@ -59,8 +59,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> retinanet_targets_cuda(const at::
   auto fg = at::empty({B, A}, matched.options().dtype(at::kBool));
   if (cls.numel() == 0) return {cls, box, fg};
   const auto w = box_weights(weights);
-  const int64_t sms = gpu::multiprocessors();
-  const int blocks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((B * A + 255) / 256, sms * 32)));
+  const int blocks = cuda::grid_stride_blocks(B * A, 256, gpu::multiprocessors());
   const auto stream = gpu::current_stream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gt_boxes.scalar_type(), "retinanet_targets_cuda", [&] {
     FO_LAUNCH(blocks, 256, 0, stream, cuda::retinanet_targets_kernel<scalar_t>)(

@@ -2,8 +2,6 @@
 #include <ATen/Dispatch.h>
 #include <torch/library.h>
 
-#include <algorithm>
-
 #include "checks/boxes.h"
 #include "cuda/runtime.h"
 #include "cuda/boxes.cuh"
@@ -13,10 +11,7 @@ namespace {
 
 constexpr int kThreads = 256;
 
-int blocks_for(int64_t n) {
-  const int64_t sms = gpu::multiprocessors();
-  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((n + kThreads - 1) / kThreads, sms * 32)));
-}
+int blocks_for(int64_t n) { return cuda::grid_stride_blocks(n, kThreads, gpu::multiprocessors()); }
 
 at::Tensor box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2) {
   check_box_iou_args(boxes1, boxes2);
@@ -34,7 +29,7 @@ at::Tensor box_iou_cuda(const at::Tensor& boxes1, const at::Tensor& boxes2) {
   return out;
 }
 
-template <int kOp>
+template <math::BoxCoding kOp>
 at::Tensor coder_cuda(const at::Tensor& x_, const at::Tensor& anchors_, const at::Tensor* grad_,
                       at::ArrayRef<double> weights, double clamp) {
   const gpu::DeviceGuard guard(x_.device());
@@ -58,20 +53,20 @@ at::Tensor coder_cuda(const at::Tensor& x_, const at::Tensor& anchors_, const at
 
 at::Tensor encode_boxes_cuda(const at::Tensor& gt, const at::Tensor& anchors, at::ArrayRef<double> weights) {
   check_coder_args("encode_boxes", "gt", gt, anchors, weights);
-  return coder_cuda<cuda::kEncode>(gt, anchors, nullptr, weights, 0.0);
+  return coder_cuda<math::BoxCoding::kEncode>(gt, anchors, nullptr, weights, 0.0);
 }
 
 at::Tensor decode_boxes_cuda(const at::Tensor& deltas, const at::Tensor& anchors, at::ArrayRef<double> weights,
                              double clamp) {
   check_coder_args("decode_boxes", "deltas", deltas, anchors, weights);
   check_decode_clamp("decode_boxes", clamp);
-  return coder_cuda<cuda::kDecode>(deltas, anchors, nullptr, weights, clamp);
+  return coder_cuda<math::BoxCoding::kDecode>(deltas, anchors, nullptr, weights, clamp);
 }
 
 at::Tensor decode_boxes_backward_cuda(const at::Tensor& grad, const at::Tensor& deltas, const at::Tensor& anchors,
                                       at::ArrayRef<double> weights, double clamp) {
   check_decode_backward_args(grad, deltas, anchors, weights, clamp);
-  return coder_cuda<cuda::kDecodeBackward>(deltas, anchors, &grad, weights, clamp);
+  return coder_cuda<math::BoxCoding::kDecodeBackward>(deltas, anchors, &grad, weights, clamp);
 }
 
 }  // namespace

@@ -1,5 +1,5 @@
 // Box IoU and box coding, CUDA kernel bodies (torch-free; the .cu passes raw pointers).
-// T is the storage type (float, double, __half / at::Half, bfloat16); math runs in float
+// T is the storage type (float, double, a 16-bit float type); math runs in float
 // (double for double) through the shared csrc/math/box.h.
 #pragma once
 
@@ -12,11 +12,7 @@
 namespace focalops {
 namespace cuda {
 
-template <typename T, typename A>
-__device__ __forceinline__ void load_box(const T* p, A* out) {
-#pragma unroll
-  for (int k = 0; k < 4; ++k) out[k] = static_cast<A>(p[k]);
-}
+using math::load_box;
 
 // out[i, j] = IoU(boxes1[i], boxes2[j]), grid-stride over the N * M pairs.
 template <typename T>
@@ -34,10 +30,8 @@ __global__ void box_iou_kernel(const T* __restrict__ b1, const T* __restrict__ b
   }
 }
 
-enum BoxCoderOp : int { kEncode = 0, kDecode = 1, kDecodeBackward = 2 };
-
 // out row i = f(x row i, anchors row i % M [, grad row i]); grid-stride over rows.
-template <int kOp, typename T>
+template <math::BoxCoding kOp, typename T>
 __global__ void box_coder_kernel(const T* __restrict__ x, const T* __restrict__ anchors, const T* __restrict__ grad,
                                  int64_t rows, int64_t M, math::BoxWeights w, double clamp, T* __restrict__ out) {
   using A = math::opmath_t<T>;
@@ -46,9 +40,9 @@ __global__ void box_coder_kernel(const T* __restrict__ x, const T* __restrict__ 
     A xv[4], av[4], r[4];
     load_box(x + 4 * i, xv);
     load_box(anchors + 4 * (i % M), av);
-    if (kOp == kEncode) {
+    if (kOp == math::BoxCoding::kEncode) {
       math::encode_box(xv, av, w, r);
-    } else if (kOp == kDecode) {
+    } else if (kOp == math::BoxCoding::kDecode) {
       math::decode_box(xv, av, w, static_cast<A>(clamp), r);
     } else {
       A gv[4];

@@ -28,6 +28,16 @@ namespace cuda {
 #define FO_DYNAMIC_SHARED(T, name) extern __shared__ T name[]
 #endif
 
+// Blocks of a grid-stride launch over n elements, `threads` per block: one per `threads`
+// elements, at most kGridBlocksPerSm per multiprocessor (past that the kernel's loop strides;
+// tests/conftest.py one_grid sizes inputs past one such grid).
+constexpr int64_t kGridBlocksPerSm = 32;
+inline int grid_stride_blocks(int64_t n, int threads, int64_t sms) {
+  const int64_t wanted = (n + threads - 1) / threads;
+  const int64_t most = sms * kGridBlocksPerSm;
+  return static_cast<int>(wanted < 1 ? 1 : wanted < most ? wanted : most);
+}
+
 // Compute type of a storage type (math::opmath_t). A class, not the alias: the kernels'
 // signatures name OpMath<T>::type, which keeps their mangled names (csrc/emu/kernel_resources.inc).
 template <typename T>

@@ -27,7 +27,10 @@
 namespace focalops {
 namespace cuda {
 
-enum FocalMode : int { kFocalLoss = 0, kFocalSum = 1, kFocalGrad = 2 };
+using math::FocalMode;
+using math::kFocalGrad;
+using math::kFocalLoss;
+using math::kFocalSum;
 
 constexpr int kFocalThreads = 256;
 // Resident blocks per SM the register budget is fitted to (__launch_bounds__): 4 x 256 threads
@@ -295,7 +298,7 @@ inline int64_t focal_partials(int64_t numel, int sms) {
 // kFocalSum writes the 0-d sum to sum_out (partials must hold focal_partials(numel, sms)
 // values); kFocalLoss / kFocalGrad write numel values to out. Class-index form: K <= kFocalMaxClasses.
 template <typename T>
-cudaError_t launch_focal(int mode, bool hard, int gk, int64_t numel, int64_t K, int64_t ignore_index,
+cudaError_t launch_focal(FocalMode mode, bool hard, int gk, int64_t numel, int64_t K, int64_t ignore_index,
                          typename OpMath<T>::type alpha, typename OpMath<T>::type gamma,
                          const typename OpMath<T>::type* grad_scalar, const T* x, const T* soft, const int64_t* labels,
                          const T* grad_each, T* out, typename OpMath<T>::type* partials,

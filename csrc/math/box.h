@@ -34,6 +34,16 @@ struct BoxWeights {
   float wx, wy, ww, wh;
 };
 
+// The three box coders (torchvision's BoxCoder): encode, decode, and decode's gradient with
+// respect to the deltas. One name for the CPU kernels and the CUDA kernel's template argument.
+enum class BoxCoding : int { kEncode = 0, kDecode = 1, kDecodeBackward = 2 };
+
+// A box's four values from storage type T into the compute type A.
+template <typename T, typename A>
+FO_HD void load_box(const T* p, A* out) {
+  for (int k = 0; k < 4; ++k) out[k] = static_cast<A>(p[k]);
+}
+
 // Regression deltas (dx, dy, dw, dh) that move `anchor` onto `gt` (BoxCoder.encode_single).
 template <typename T>
 FO_HD void encode_box(const T* gt, const T* anchor, BoxWeights w, T* out) {

@@ -18,6 +18,10 @@
 namespace focalops {
 namespace math {
 
+// What a focal-loss pass produces: the elementwise loss, its sum, or the gradient (times the
+// incoming one). The CPU entry and the CUDA kernels (a template argument) name the same modes.
+enum FocalMode : int { kFocalLoss = 0, kFocalSum = 1, kFocalGrad = 2 };
+
 // gamma is a template parameter where it has a cheap closed form. Callers pass gamma in the
 // type the math runs in (1e-50 is 0 in float32, and 0 * log(0) must not be reached).
 enum GammaKind : int { kGammaZero = 0, kGammaOne = 1, kGammaTwo = 2, kGammaAny = 3 };
