@@ -59,19 +59,16 @@ at::Tensor assign_cpu(const at::Tensor& anchors_, const at::Tensor& gt_boxes_, c
   }
   const float* gt = gt_boxes.data_ptr<float>();
   for (int64_t b = 0; b < B; ++b) check_finite_boxes(gt + b * G * 4, counts[b] * 4, "gt_boxes");
-  check_finite_boxes(anchors.data_ptr<float>(), A * 4, "anchors");
+  // Anchors staged as columns, checked as they are read.
+  std::vector<float> cols(4 * A);
+  std::atomic<bool> nan_anchor{false};
+  at::parallel_for(0, A, 1 << 14, [&](int64_t begin, int64_t end) {
+    if (cpu::stage_columns(anchors.data_ptr<float>(), A, begin, end, cols.data())) nan_anchor = true;
+  });
+  TORCH_CHECK(!nan_anchor, "assign: anchors contain NaN coordinates");
   auto matched = at::empty({B, A}, anchors.options().dtype(at::kLong));
   if (matched.numel() == 0) return matched;
-
-  std::vector<float> cols(4 * A);
-  {
-    const float* p = anchors.data_ptr<float>();
-    at::parallel_for(0, A, 1 << 14, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i)
-        for (int k = 0; k < 4; ++k) cols[k * A + i] = p[4 * i + k];
-    });
-  }
-  const cpu::Columns c{cols.data(), cols.data() + A, cols.data() + 2 * A, cols.data() + 3 * A};
+  const cpu::Columns c = cpu::columns(cols.data(), A);
 
   // Pass 1: best IoU of every valid box.
   const int64_t slices = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), A / 1024));

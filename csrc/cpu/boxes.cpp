@@ -27,8 +27,7 @@ template <typename scalar_t>
 void box_iou_kernel(const scalar_t* b1, const scalar_t* b2, int64_t N, int64_t M, scalar_t* out) {
   using A = math::opmath_t<scalar_t>;
   std::vector<A> cols(4 * M);  // x1 | y1 | x2 | y2
-  for (int64_t j = 0; j < M; ++j)
-    for (int k = 0; k < 4; ++k) cols[k * M + j] = static_cast<A>(b2[4 * j + k]);
+  cpu::stage_columns(b2, M, 0, M, cols.data());
   const A* x1 = cols.data();
   const A* y1 = x1 + M;
   const A* x2 = y1 + M;
@@ -36,7 +35,7 @@ void box_iou_kernel(const scalar_t* b1, const scalar_t* b2, int64_t N, int64_t M
   at::parallel_for(0, N, std::max<int64_t>(1, 16384 / std::max<int64_t>(M, 1)), [&](int64_t begin, int64_t end) {
     if constexpr (std::is_same_v<scalar_t, float>) {
       const cpu::IouRowFn iou_row = cpu::iou_row_stub.get();
-      for (int64_t i = begin; i < end; ++i) iou_row(b1 + 4 * i, cpu::Columns{x1, y1, x2, y2}, M, out + i * M);
+      for (int64_t i = begin; i < end; ++i) iou_row(b1 + 4 * i, cpu::columns(x1, M), M, out + i * M);
       return;
     }
     for (int64_t i = begin; i < end; ++i) {

@@ -18,6 +18,25 @@ struct Columns {
   const float* y2;
 };
 
+// The Columns of `cols` holding n boxes as x1 | y1 | x2 | y2.
+inline Columns columns(const float* cols, int64_t n) { return {cols, cols + n, cols + 2 * n, cols + 3 * n}; }
+
+// Rows [begin, end) of n boxes (x1, y1, x2, y2) into the columns x1 | y1 | x2 | y2 of `cols`
+// (4 * n values), converted to A. Returns whether a value was NaN: the staging is the one pass
+// that reads the boxes, so it is also their check.
+template <typename T, typename A>
+inline bool stage_columns(const T* rows, int64_t n, int64_t begin, int64_t end, A* cols) {
+  bool nan = false;
+  for (int64_t i = begin; i < end; ++i) {
+    for (int k = 0; k < 4; ++k) {
+      const A v = static_cast<A>(rows[4 * i + k]);
+      nan |= v != v;
+      cols[k * n + i] = v;
+    }
+  }
+  return nan;
+}
+
 // IoU of `box` with every one of n boxes: out[j] = IoU(box, boxes[j]).
 using IouRowFn = void (*)(const float* box, Columns boxes, int64_t n, float* out);
 extern Stub<IouRowFn> iou_row_stub;

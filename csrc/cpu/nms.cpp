@@ -206,7 +206,7 @@ std::vector<int64_t> nms_core(const char* op, const float* boxes, const S* score
       }
       kept.assign(m, 0);
       const float* col = bucket.data();
-      greedy_nms(cpu::Columns{col, col + m, col + 2 * m, col + 3 * m}, m, thr, kept.data());
+      greedy_nms(cpu::columns(col, m), m, thr, kept.data());
       for (int64_t q = 0; q < m; ++q) keep[pos[lo + q]] = kept[q];
     }
     if (nan) nan_box = true;
