@@ -160,11 +160,12 @@ __device__ __forceinline__ void focal_scalar(uint32_t e, const T* __restrict__ x
                                              const int64_t* __restrict__ labels, const T* __restrict__ grad_each,
                                              T* __restrict__ out, const FocalArgs<typename OpMath<T>::type>& args,
                                              typename OpMath<T>::type gscale, typename OpMath<T>::type& acc) {
+  // Unused values are x: every value defined (GCC could not see that pg is read only if has_g).
   Pack<T, 1> px, pt, pg;
   px.v[0] = x[e];
-  if (!kHard) pt.v[0] = soft[e];
+  pt.v[0] = kHard ? px.v[0] : soft[e];
   const bool has_g = kMode == kFocalGrad && grad_each != nullptr;
-  if (has_g) pg.v[0] = grad_each[e];
+  pg.v[0] = has_g ? grad_each[e] : px.v[0];
   focal_pack_values<T, kHard, G, kMode, 1>(e, px, pt, pg, has_g, labels, out, args, gscale, acc);
 }
 
