@@ -1,5 +1,6 @@
 """A thin RetinaNet (Lin et al., 2017) whose loss and post-processing run on focalops ops."""
 
+import contextlib
 import math
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -112,7 +113,14 @@ def export_batch_detector(
     example = torch.rand(example_batch, 3, *example_size, device=weight.device, dtype=weight.dtype)
     side = torch.export.Dim.DYNAMIC(min=1, max=max_image_size)
     dims = {0: torch.export.Dim("batch", min=1, max=max_batch), 2: side, 3: side}
-    with fx_config.patch(backed_size_oblivious=True):
+    # A private option (torch 2.11 to 2.14 have it): where a torch lacks it, the export still
+    # runs, with whatever guards that torch adds for sizes of 1 as input checks.
+    oblivious = (
+        fx_config.patch(backed_size_oblivious=True)
+        if hasattr(fx_config, "backed_size_oblivious")
+        else contextlib.nullcontext()
+    )
+    with oblivious:
         return torch.export.export(module, (example,), dynamic_shapes=(dims,))
 
 
