@@ -43,7 +43,9 @@ def write_program(
     Returns:
         str: ``path``.
     """
-    if path.endswith(".onnx") if onnx is None else onnx:
+    if onnx is None:
+        onnx = path.endswith(".onnx")
+    if onnx:
         from focalops.onnx_export import export_program
 
         return export_program(program, path, metadata)

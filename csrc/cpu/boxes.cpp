@@ -35,7 +35,8 @@ void box_iou_kernel(const scalar_t* b1, const scalar_t* b2, int64_t N, int64_t M
   at::parallel_for(0, N, std::max<int64_t>(1, 16384 / std::max<int64_t>(M, 1)), [&](int64_t begin, int64_t end) {
     if constexpr (std::is_same_v<scalar_t, float>) {
       const cpu::IouRowFn iou_row = cpu::iou_row_stub.get();
-      for (int64_t i = begin; i < end; ++i) iou_row(b1 + 4 * i, cpu::columns(x1, M), M, out + i * M);
+      const cpu::Columns c = cpu::columns(x1, M);
+      for (int64_t i = begin; i < end; ++i) iou_row(b1 + 4 * i, c, M, out + i * M);
       return;
     }
     for (int64_t i = begin; i < end; ++i) {

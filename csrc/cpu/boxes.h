@@ -21,20 +21,27 @@ struct Columns {
 // The Columns of `cols` holding n boxes as x1 | y1 | x2 | y2.
 inline Columns columns(const float* cols, int64_t n) { return {cols, cols + n, cols + 2 * n, cols + 3 * n}; }
 
-// Rows [begin, end) of n boxes (x1, y1, x2, y2) into the columns x1 | y1 | x2 | y2 of `cols`
-// (4 * n values), converted to A. Returns whether a value was NaN: the staging is the one pass
-// that reads the boxes, so it is also their check.
-template <typename T, typename A>
-inline bool stage_columns(const T* rows, int64_t n, int64_t begin, int64_t end, A* cols) {
+// Boxes [begin, end) of n into the columns x1 | y1 | x2 | y2 of `cols` (4 * n values),
+// converted to A: box i is row row_of(i) of `rows` (boxes as (x1, y1, x2, y2)). Returns whether
+// a value was NaN: the staging is the one pass that reads the boxes, so it is also their check.
+template <typename T, typename A, typename RowOf>
+inline bool stage_columns(const T* rows, RowOf row_of, int64_t n, int64_t begin, int64_t end, A* cols) {
   bool nan = false;
   for (int64_t i = begin; i < end; ++i) {
+    const T* row = rows + 4 * row_of(i);
     for (int k = 0; k < 4; ++k) {
-      const A v = static_cast<A>(rows[4 * i + k]);
+      const A v = static_cast<A>(row[k]);
       nan |= v != v;
       cols[k * n + i] = v;
     }
   }
   return nan;
+}
+
+// The same with box i in row i.
+template <typename T, typename A>
+inline bool stage_columns(const T* rows, int64_t n, int64_t begin, int64_t end, A* cols) {
+  return stage_columns(rows, [](int64_t i) { return i; }, n, begin, end, cols);
 }
 
 // IoU of `box` with every one of n boxes: out[j] = IoU(box, boxes[j]).

@@ -197,13 +197,7 @@ std::vector<int64_t> nms_core(const char* op, const float* boxes, const S* score
     for (int64_t c = b0; c < b1; ++c) {
       const int64_t lo = starts[c], m = starts[c + 1] - starts[c];
       bucket.resize(4 * m);
-      for (int64_t q = 0; q < m; ++q) {
-        for (int k = 0; k < 4; ++k) {
-          const float v = boxes[4 * order[pos[lo + q]] + k];
-          nan |= v != v;
-          bucket[k * m + q] = v;
-        }
-      }
+      nan |= cpu::stage_columns(boxes, [&](int64_t q) { return order[pos[lo + q]]; }, m, 0, m, bucket.data());
       kept.assign(m, 0);
       const float* col = bucket.data();
       greedy_nms(cpu::columns(col, m), m, thr, kept.data());

@@ -16,8 +16,9 @@ def pad_targets(boxes: List[Tensor], labels: List[Tensor]) -> Tuple[Tensor, Tens
     """Per image ``boxes [G_i, 4]`` and ``labels [G_i]`` -> ``boxes [B, G, 4]`` float32, ``labels
     [B, G]`` int64 (zero padding, ``G = max G_i``) on the first image's device, and ``counts [B]``
     int64 on the host (from the shapes: no device synchronisation)."""
-    counts = torch.tensor([b.shape[0] for b in boxes], dtype=torch.int64)
-    g = max([b.shape[0] for b in boxes] + [0])
+    sizes = [b.shape[0] for b in boxes]
+    counts = torch.tensor(sizes, dtype=torch.int64)
+    g = max(sizes + [0])
     gt_boxes = torch.zeros(len(boxes), g, 4, dtype=torch.float32, device=boxes[0].device)
     gt_labels = torch.zeros(len(labels), g, dtype=torch.int64, device=labels[0].device)
     for i in range(len(boxes)):
