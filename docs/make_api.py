@@ -15,23 +15,20 @@ import focalops.models  # noqa: E402, F401  (documented below)
 
 PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "api.md")
 
-SECTIONS = [
-    ("Sigmoid focal loss", ["sigmoid_focal_loss", "SigmoidFocalLoss"]),
-    ("Anchors, IoU, assignment, box coding", [
-        "box_iou", "AnchorGenerator", "assign", "retinanet_targets", "encode_boxes", "decode_boxes",
-    ]),
-    ("NMS and post-processing", ["nms", "batched_nms", "postprocess"]),
+# One section per op family (its module's docstring and __all__), then the rest of the API.
+SECTIONS = [(family.__doc__.strip().splitlines()[0].rstrip("."), family.__all__) for family in focalops.OP_FAMILIES] + [
     ("Model", ["models.RetinaNet", "models.RetinaNet.from_torchvision"]),
     ("torchvision integration", ["accelerate", "accelerated"]),
     ("Deployment", ["models.RetinaNet.export", "models.RetinaNet.export_onnx", "export_torchvision"]),
     ("Build and CPU capability", ["cpu_capability", "has_cuda_kernels"]),
-]  # fmt: skip
+]
 
 HEADER = """# focalops API reference
 
 Generated from the docstrings by `python docs/make_api.py` (a test checks it is current). Every op
 is also reachable as `torch.ops.focalops.<name>` with the argument checks of its C++ kernels; the
-Python functions below add defaults, reductions and clearer messages. Floating ops accept float32,
+Python functions below convert types and add defaults and reductions, and raise the same messages as
+`OpTypeError` / `OpValueError` (both also `RuntimeError`). Floating ops accept float32,
 float16, bfloat16 (computed in float32) and float64 (CPU; for gradcheck), any layout; empty
 inputs give empty results. CPU and CUDA kernels share their math (`csrc/math/`); where results or
 error reporting differ between the devices, the entry says so.

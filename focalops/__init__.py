@@ -1,33 +1,34 @@
-"""focalops: fast fused ops for dense one-stage detectors (RetinaNet)."""
+"""focalops: fast fused ops for dense one-stage detectors (RetinaNet).
 
-from focalops import _meta  # noqa: F401  (fake kernels for torch.compile / opcheck)
+The public API: each op family's ``__all__`` (``focalops/ops/<family>.py``), then the
+torchvision integration, deployment and build information.
+"""
+
 from focalops._extension import cpu_capability, has_cuda_kernels
-from focalops.export import export_torchvision  # noqa: E402
-from focalops.ops.anchors import AnchorGenerator
-from focalops.ops.assign import assign, retinanet_targets
-from focalops.ops.boxes import box_iou, decode_boxes, encode_boxes
-from focalops.ops.focal_loss import SigmoidFocalLoss, sigmoid_focal_loss
-from focalops.ops.nms import batched_nms, nms
-from focalops.ops.postprocess import postprocess
+from focalops.export import export_torchvision
+from focalops.ops import anchors as _anchors
+from focalops.ops import assign as _assign
+from focalops.ops import boxes as _boxes
+from focalops.ops import focal_loss as _focal_loss
+from focalops.ops import nms as _nms
+from focalops.ops import postprocess as _postprocess
+from focalops.ops.anchors import *  # noqa: F403
+from focalops.ops.assign import *  # noqa: F403
+from focalops.ops.boxes import *  # noqa: F403
+from focalops.ops.focal_loss import *  # noqa: F403
+from focalops.ops.nms import *  # noqa: F403
+from focalops.ops.postprocess import *  # noqa: F403
 from focalops.torchvision_retinanet import accelerate, accelerated  # noqa: E402  (uses the ops above)
 
 __version__ = "0.1.0"
 
+OP_FAMILIES = (_focal_loss, _anchors, _boxes, _assign, _nms, _postprocess)
+
 __all__ = [
-    "SigmoidFocalLoss",
-    "sigmoid_focal_loss",
-    "has_cuda_kernels",
-    "cpu_capability",
-    "AnchorGenerator",
-    "box_iou",
-    "encode_boxes",
-    "decode_boxes",
-    "assign",
-    "retinanet_targets",
-    "nms",
-    "batched_nms",
-    "postprocess",
+    *(name for family in OP_FAMILIES for name in family.__all__),
     "accelerate",
     "accelerated",
     "export_torchvision",
+    "cpu_capability",
+    "has_cuda_kernels",
 ]

@@ -26,10 +26,11 @@ of ``Exp``):
 """
 
 import json
-import math
 from typing import Any, Dict, Optional, Sequence
 
 import torch
+
+from focalops.ops.boxes import BOX_DELTA_CLAMP
 
 try:  # the tensor types of the translation's signature; onnxscript is needed only to export
     from onnxscript.onnx_types import FLOAT, INT64
@@ -38,7 +39,6 @@ except ImportError:  # pragma: no cover
 
 OPSET = 18
 METADATA_KEY = "focalops"  # metadata_props entry holding the JSON of the file's metadata
-_BOX_CLAMP = math.log(1000.0 / 16)
 
 
 def _postprocess_onnx(
@@ -109,7 +109,7 @@ def _postprocess_onnx(
     ah = op.Sub(col(anc, 3), col(anc, 1))
     ax = op.Add(col(anc, 0), op.Mul(half, aw))
     ay = op.Add(col(anc, 1), op.Mul(half, ah))
-    clamp = f32(_BOX_CLAMP)
+    clamp = f32(BOX_DELTA_CLAMP)
     cx = op.Add(op.Mul(col(deltas, 0), aw), ax)
     cy = op.Add(op.Mul(col(deltas, 1), ah), ay)
     half_w = op.Mul(half, op.Mul(op.Exp(op.Min(col(deltas, 2), clamp)), aw))

@@ -119,11 +119,11 @@ def test_assign_property(data, B, G, A, lq):
 
 def test_assign_bad_input():
     anchors, gt, counts = make_batch(2, 3, 10, 0)
-    with pytest.raises(ValueError, match=r"anchors must have shape \[A, 4\]"):
+    with pytest.raises(ValueError, match=r"assign: anchors must be \[A, 4\], got \[10, 3\]"):
         focalops.assign(anchors[:, :3], gt, counts)
-    with pytest.raises(ValueError, match=r"gt_boxes must have shape \[B, G, 4\]"):
+    with pytest.raises(ValueError, match=r"gt_boxes must be \[B, G, 4\]"):
         focalops.assign(anchors, gt[0], counts)
-    with pytest.raises(ValueError, match="gt_counts must have shape"):
+    with pytest.raises(ValueError, match=r"gt_counts must be \[B\] = \[2\], got \[1\]"):
         focalops.assign(anchors, gt, counts[:1])
     with pytest.raises(TypeError, match="gt_counts must be an integer"):
         focalops.assign(anchors, gt, counts.float())
@@ -202,9 +202,9 @@ def test_retinanet_targets_bad_input():
     matched = focalops.assign(anchors, gt, counts)
     with pytest.raises(TypeError, match="matched must be int64"):
         focalops.retinanet_targets(matched.int(), gt, labels, anchors)
-    with pytest.raises(ValueError, match=r"anchors must have shape \[A, 4\]"):
+    with pytest.raises(ValueError, match=r"anchors must be \[A, 4\] with A = 10, got \[5, 4\]"):
         focalops.retinanet_targets(matched, gt, labels, anchors[:5])
-    with pytest.raises(ValueError, match=r"gt_labels must have shape \[B, G\]"):
+    with pytest.raises(ValueError, match=r"gt_labels must be \[B, G\] = \[2, 3\], got \[2, 2\]"):
         focalops.retinanet_targets(matched, gt, labels[:, :2], anchors)
     with pytest.raises(RuntimeError, match="matched values must be -2, -1 or a box index"):
         focalops.retinanet_targets(torch.full_like(matched, 3), gt, labels, anchors)
@@ -212,7 +212,7 @@ def test_retinanet_targets_bad_input():
         focalops.retinanet_targets(torch.full_like(matched, -3), gt, labels, anchors)
     with pytest.raises(RuntimeError, match=r"weights must be 4 positive finite numbers"):
         torch.ops.focalops.retinanet_targets(matched, gt, labels, anchors, [1.0, 1.0, math.nan, 1.0])
-    with pytest.raises(ValueError, match="num_classes must be an int >= 0"):
+    with pytest.raises(ValueError, match="num_classes must be >= 0, got -1"):
         focalops.retinanet_targets(matched, gt, labels, anchors, num_classes=-1)
     with pytest.raises(RuntimeError, match="num_classes must be >= 0"):
         torch.ops.focalops.retinanet_targets(matched, gt, labels, anchors, [1.0] * 4, -1)

@@ -79,7 +79,7 @@ def test_box_iou_empty(device):
 
 
 def test_box_iou_bad_input():
-    with pytest.raises(ValueError, match=r"boxes1 must have shape \[N, 4\]"):
+    with pytest.raises(ValueError, match=r"box_iou: boxes1 must be \[N, 4\], got \[3, 5\]"):
         focalops.box_iou(torch.zeros(3, 5), torch.zeros(2, 4))
     with pytest.raises(TypeError, match="boxes2 must be a real floating or integer tensor"):
         focalops.box_iou(torch.zeros(3, 4), torch.zeros(2, 4, dtype=torch.bool))
@@ -186,7 +186,7 @@ def test_encode_no_grad():
 
 def test_coder_bad_input():
     a = torch.zeros(5, 4)
-    with pytest.raises(ValueError, match=r"deltas must have shape \[\.\.\., 4\]"):
+    with pytest.raises(ValueError, match=r"decode_boxes: deltas must be \[\.\.\., 4\], got \[5, 3\]"):
         focalops.decode_boxes(torch.zeros(5, 3), a)
     with pytest.raises(ValueError, match="do not broadcast"):
         focalops.decode_boxes(torch.zeros(3, 4), a)

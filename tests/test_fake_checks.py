@@ -1,4 +1,4 @@
-"""The fake kernels (focalops/_meta.py: what torch.compile, torch.export and FakeTensor run) state
+"""The fake kernels (focalops/ops/<family>.py: what torch.compile, torch.export and FakeTensor run) state
 the C++ checks (csrc/checks/), with the same messages: on each bad call below both refuse, and
 say the same thing. Traced code then fails where eager code would, not later at run time."""
 
@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-import focalops  # noqa: F401  (the ops and their fakes)
+import focalops
+from focalops.errors import OpTypeError, OpValueError
 
 F32, F64, I64 = torch.float32, torch.float64, torch.int64
 
@@ -126,10 +127,14 @@ POSTPROCESS = [
 ]
 
 
-def _message(fn):
+def _error(fn):
     with pytest.raises(RuntimeError) as info:
         fn()
-    return str(info.value).splitlines()[0]
+    return info.value
+
+
+def _message(fn):
+    return str(_error(fn)).splitlines()[0]
 
 
 @pytest.mark.parametrize(
@@ -151,5 +156,32 @@ def test_fake_kernel_refuses_as_the_op(op, args):
     want = _message(lambda: fn(*args))
     with FakeTensorMode() as mode:
         fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
-        got = _message(lambda: fn(*fake))
-    assert got == want
+        error = _error(lambda: fn(*fake))
+    assert str(error).splitlines()[0] == want
+    # The Python statement of the checks raises typed errors (as the wrappers do), never a bare RuntimeError.
+    assert isinstance(error, (OpTypeError, OpValueError))
+
+
+# Bad calls that the wrappers pass on unconverted: the wrapper refuses them with the op's own message
+# (the check it runs is the one the fake kernel runs), as a ValueError.
+WRAPPED = [
+    (focalops.nms, (_t(5, 3), _t(5), 0.5), ("nms", (_t(5, 3), _t(5), 0.5))),
+    (focalops.batched_nms, (_boxes(5), _t(5), _t(4, dtype=I64), 0.5), ("batched_nms", BATCHED_NMS[-2])),
+    (focalops.box_iou, (_boxes(3), _t(2, 4, 1)), ("box_iou", BOX_IOU[2])),
+    (focalops.assign, ASSIGN[5][:5], ("assign", ASSIGN[5])),
+    (focalops.assign, ASSIGN[7][:5], ("assign", ASSIGN[7])),
+    (focalops.retinanet_targets, TARGETS[4][:4], ("retinanet_targets", TARGETS[4])),
+    (focalops.retinanet_targets, TARGETS[8][:4], ("retinanet_targets", TARGETS[8])),
+    (focalops.postprocess, _postprocess(level_sizes=[4, 3]), ("postprocess", _postprocess(level_sizes=[4, 3]))),
+    (focalops.postprocess, _postprocess(anchors=_t(6, 3)), ("postprocess", _postprocess(anchors=_t(6, 3)))),
+    (focalops.sigmoid_focal_loss, FOCAL[1][:2] + (0.25, -1.0), ("sigmoid_focal_loss", FOCAL[1])),
+    (focalops.sigmoid_focal_loss, FOCAL[5][:2], ("sigmoid_focal_loss", FOCAL[5])),
+]
+
+
+@pytest.mark.parametrize("wrapper, args, op_call", WRAPPED, ids=lambda v: getattr(v, "__name__", ""))
+def test_wrapper_refuses_with_the_op_message(wrapper, args, op_call):
+    op, op_args = op_call
+    want = _message(lambda: getattr(torch.ops.focalops, op)(*op_args))
+    error = _error(lambda: wrapper(*args))
+    assert isinstance(error, OpValueError) and str(error) == want

@@ -456,9 +456,9 @@ def test_bad_inputs():
         f(x, torch.zeros(4, 3, dtype=torch.complex64))
     with pytest.raises(ValueError, match="shape"):
         f(x, torch.zeros(4, 4))
-    with pytest.raises(ValueError, match="class indices of shape"):
+    with pytest.raises(ValueError, match="class-index targets must have shape"):
         f(x, torch.zeros(5, dtype=torch.long))
-    with pytest.raises(ValueError, match="class indices of shape"):
+    with pytest.raises(ValueError, match="class-index targets must have shape"):
         f(x, torch.zeros(4, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="normalizer"):
         f(x, labels, reduction="sum", normalizer=0)

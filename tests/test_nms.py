@@ -178,7 +178,7 @@ def test_compile(device):
         (torch.zeros(3, 4), torch.zeros(4), 0.5, ValueError, r"scores must be \[N\]"),
         (torch.zeros(3, 4), torch.zeros(3), -0.1, ValueError, "iou_threshold"),
         (torch.zeros(3, 4), torch.zeros(3), float("nan"), ValueError, "iou_threshold"),
-        (torch.zeros(3, 4), torch.zeros(3), -1.5, ValueError, "iou_threshold must be a number >= 0"),
+        (torch.zeros(3, 4), torch.zeros(3), -1.5, ValueError, r"iou_threshold must be in \[0, 1\], got -1.5"),
         (torch.zeros(3, 4, dtype=torch.int64), torch.zeros(3), 0.5, TypeError, "boxes must be float"),
         ([[0, 0, 1, 1]], torch.zeros(1), 0.5, TypeError, "boxes must be a Tensor"),
     ],

@@ -1,5 +1,5 @@
 // Argument checks of the box ops (IoU, box coding), shared by the CPU and CUDA entry
-// points. focalops/_meta.py raises the same messages for fake tensors.
+// points. focalops/ops/boxes.py states them again, with the same messages.
 #pragma once
 
 #include <ATen/ATen.h>

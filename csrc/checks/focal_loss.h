@@ -1,5 +1,5 @@
 // Argument checks of the focal loss ops, shared by the CPU and CUDA entry points.
-// focalops/_meta.py raises the same messages for fake tensors.
+// focalops/ops/focal_loss.py states them again, with the same messages.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -26,7 +26,8 @@ inline void check_focal_args(const at::Tensor& inputs, const at::Tensor& targets
   if (focal_is_index_form(targets)) {
     TORCH_CHECK(inputs.dim() >= 1 && targets.sizes() == inputs.sizes().slice(0, inputs.dim() - 1),
                 "sigmoid_focal_loss: class-index targets must have shape inputs.shape[:-1] = ",
-                inputs.sizes().slice(0, std::max<int64_t>(inputs.dim() - 1, 0)), ", got ", targets.sizes());
+                inputs.sizes().slice(0, std::max<int64_t>(inputs.dim() - 1, 0)), ", got ", targets.sizes(),
+                " (for one-hot targets pass a floating tensor)");
   } else {
     TORCH_CHECK(targets.scalar_type() == dt, "sigmoid_focal_loss: targets must be int64 class indices or have the dtype of inputs (",
                 dt, "), got ", targets.scalar_type());

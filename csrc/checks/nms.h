@@ -1,5 +1,5 @@
 // Argument checks of the NMS ops, shared by the CPU and CUDA entry points.
-// focalops/_meta.py raises the same messages for fake tensors.
+// focalops/ops/nms.py states them again, with the same messages.
 #pragma once
 
 #include <ATen/ATen.h>

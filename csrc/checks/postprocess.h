@@ -1,5 +1,5 @@
 // Argument checks of the RetinaNet post-processing, shared by the CPU and CUDA entry points.
-// focalops/_meta.py raises the same messages for fake tensors.
+// focalops/ops/postprocess.py states them again, with the same messages.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -53,14 +53,14 @@ T logit_prefilter(T thresh) {
 // The buffer is cut back to the best topk whenever it holds 2 * topk; the logit of the k-th
 // best then becomes the cut (a later logit at or below it has a score at most equal and a
 // larger index, so it can never enter), which keeps the scan close to a plain compare.
-template <typename L, typename T>
-std::vector<Candidate<T>> select_candidates(const L* logits, int64_t n, T thresh, int64_t topk, bool& nan_seen) {
+template <typename Logit, typename T>
+std::vector<Candidate<T>> select_candidates(const Logit* logits, int64_t n, T thresh, int64_t topk, bool& nan_seen) {
   T lo = logit_prefilter(thresh);
   const int64_t cap = topk > n / 2 ? n + 1 : 2 * topk;
   std::vector<Candidate<T>> c;
   [[maybe_unused]] const cpu::FirstAboveFn first_above = cpu::first_above_stub.get();
   for (int64_t i = 0; i < n; ++i) {
-    if constexpr (std::is_same_v<L, float>) {
+    if constexpr (std::is_same_v<Logit, float>) {
       i = first_above(logits, i, n, lo);  // skips the logits that cannot pass, vectorised
       if (i == n) break;
     }
@@ -86,14 +86,14 @@ std::vector<Candidate<T>> select_candidates(const L* logits, int64_t n, T thresh
   return c;
 }
 
-template <typename L>
+template <typename Logit>
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> postprocess_impl(const at::Tensor& cls_logits,
                                                                            const at::Tensor& box_deltas,
                                                                            const at::Tensor& anchors,
                                                                            at::IntArrayRef level_sizes,
                                                                            const at::Tensor& image_sizes, double score_thresh,
                                                                            int64_t topk, double nms_thresh, int64_t D) {
-  using T = math::opmath_t<L>;
+  using T = math::opmath_t<Logit>;
   const int64_t B = cls_logits.size(0), A = cls_logits.size(1), K = cls_logits.size(2);
   const int64_t L_ = static_cast<int64_t>(level_sizes.size());
   const auto opts = box_deltas.options();
@@ -103,7 +103,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> postprocess_impl(cons
   at::Tensor counts = at::zeros({B}, opts.dtype(at::kLong));
   if (B == 0 || A == 0 || K == 0 || D == 0) return {out_boxes, out_scores, out_labels, counts};
 
-  const L* logits = cls_logits.data_ptr<L>();
+  const Logit* logits = cls_logits.data_ptr<Logit>();
   const T* deltas = box_deltas.data_ptr<T>();
   const T* anc = anchors.data_ptr<T>();
   const T* sizes = image_sizes.data_ptr<T>();

@@ -60,10 +60,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> postprocess_cuda(
       const at::Tensor vals = std::get<0>(top).contiguous();
       const at::Tensor idx = std::get<1>(top).contiguous();
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "postprocess_candidates", [&] {
-        using L = typename CudaStorage<scalar_t>::type;
-        using T = typename cuda::OpMath<L>::type;
-        const cudaError_t err = cuda::launch_candidates<L, T>(
-            reinterpret_cast<const L*>(vals.data_ptr<scalar_t>()), idx.data_ptr<int64_t>(), B, k, deltas.data_ptr<T>(),
+        using Logit = typename CudaStorage<scalar_t>::type;
+        using T = typename cuda::OpMath<Logit>::type;
+        const cudaError_t err = cuda::launch_candidates<Logit, T>(
+            reinterpret_cast<const Logit*>(vals.data_ptr<scalar_t>()), idx.data_ptr<int64_t>(), B, k, deltas.data_ptr<T>(),
             anc.data_ptr<T>(), sizes.data_ptr<T>(), A, K, l, anchor_start, slot, M, static_cast<T>(score_thresh),
             static_cast<T>(clamp), cand_boxes.data_ptr<T>(), cand_boxes_f.data_ptr<float>(), cand_scores.data_ptr<T>(),
             cand_labels.data_ptr<int64_t>(), cand_keys.data_ptr<int64_t>(), stream);

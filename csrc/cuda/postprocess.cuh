@@ -23,8 +23,8 @@ constexpr int64_t kNmsSharedRemovedBytes = 48 << 10;
 // level, [B, k]) become candidates in columns [slot, slot + k) of the [B, M] candidate arrays:
 // score (-1 if not above score_thresh), label, sort key (level, flat index), decoded and
 // clipped box (and its float32 copy for the IoU).
-template <typename L, typename T>
-__global__ void candidates_kernel(const L* vals, const int64_t* idx, int64_t num_images, int64_t k, const T* deltas,
+template <typename Logit, typename T>
+__global__ void candidates_kernel(const Logit* vals, const int64_t* idx, int64_t num_images, int64_t k, const T* deltas,
                                   const T* anchors, const T* image_sizes, int64_t num_anchors, int64_t num_classes,
                                   int64_t level, int64_t anchor_start, int64_t slot, int64_t M, T score_thresh, T clamp,
                                   T* boxes, float* boxes_f, T* scores, int64_t* labels, int64_t* keys) {
@@ -50,15 +50,15 @@ __global__ void candidates_kernel(const L* vals, const int64_t* idx, int64_t num
   }
 }
 
-template <typename L, typename T>
-cudaError_t launch_candidates(const L* vals, const int64_t* idx, int64_t num_images, int64_t k, const T* deltas,
+template <typename Logit, typename T>
+cudaError_t launch_candidates(const Logit* vals, const int64_t* idx, int64_t num_images, int64_t k, const T* deltas,
                               const T* anchors, const T* image_sizes, int64_t num_anchors, int64_t num_classes,
                               int64_t level, int64_t anchor_start, int64_t slot, int64_t M, T score_thresh, T clamp,
                               T* boxes, float* boxes_f, T* scores, int64_t* labels, int64_t* keys, cudaStream_t stream) {
   const int64_t total = num_images * k;
   const int threads = 256;
   const int blocks = static_cast<int>(imin((total + threads - 1) / threads, 65535));
-  FO_LAUNCH(blocks, threads, 0, stream, candidates_kernel<L, T>)(vals, idx, num_images, k, deltas, anchors, image_sizes,
+  FO_LAUNCH(blocks, threads, 0, stream, candidates_kernel<Logit, T>)(vals, idx, num_images, k, deltas, anchors, image_sizes,
                                                           num_anchors, num_classes, level, anchor_start, slot, M,
                                                           score_thresh, clamp, boxes, boxes_f, scores, labels, keys);
   return cudaGetLastError();

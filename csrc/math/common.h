@@ -5,12 +5,13 @@
 // Vectorized<float>, or SSE2 lanes in the x86 default build; vec.h adds their Lanes). Both
 // instantiations run the same IEEE operations in the same order (builds use -ffp-contract=off;
 // Lanes::fmadd fuses where the ISA has FMA), so vector bodies and scalar tails agree bit for bit,
-// and so do the avx2 and avx512 builds. On the host the float versions are branch-free
-// polynomials; the device uses CUDA's libdevice functions; double always uses libm (the
-// gradcheck / reference path). So CPU and CUDA agree bit for bit only where the math is IEEE +,
-// -, *, / alone (IoU, hence assignment and NMS decisions on the same boxes); through exp / log
-// (focal loss, box decoding, scores) they agree within a few ulp, which is what the CPU-vs-CUDA
-// tests check (assert_close, not equal).
+// and so do the avx2 and avx512 builds. The focal loss's float functions (exp_nonpos, log_unit,
+// ...) are branch-free polynomials on the host and CUDA's libdevice functions on the device; box
+// coding and scores call log_ / exp_, which are libm on the host and libdevice on the device;
+// double always uses libm (the gradcheck / reference path). So CPU and CUDA agree bit for bit
+// only where the math is IEEE +, -, *, / alone (IoU, hence assignment and NMS decisions on the
+// same boxes); through exp / log (focal loss, box decoding, scores) they agree within a few ulp,
+// which is what the CPU-vs-CUDA tests check (assert_close, not equal).
 #pragma once
 
 #include <cmath>

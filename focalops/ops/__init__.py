@@ -1,6 +1,3 @@
-"""One module per op family; each wraps torch.ops.focalops.* with argument checks and defaults."""
-
-import torch
-
-# Floating dtypes every floating op accepts (half types are computed in float32).
-FLOATS = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+"""One module per op family: its wrappers (type conversions and defaults), the Python statement
+of its C++ argument checks (run by the wrappers and by the fake kernels), its fake kernels and
+its autograd formulas, registered beside the op."""

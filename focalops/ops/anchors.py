@@ -8,6 +8,8 @@ from typing import List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+__all__ = ["AnchorGenerator"]
+
 _RETINANET_SCALES = (2.0**0, 2.0 ** (1.0 / 3), 2.0 ** (2.0 / 3))
 
 

@@ -1,15 +1,95 @@
 """Anchor to ground-truth assignment (torchvision Matcher) and RetinaNet training targets."""
 
-from numbers import Integral, Real
 from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from focalops import _extension  # noqa: F401  (registers torch.ops.focalops)
-from focalops.errors import OpTypeError, OpValueError
-from focalops.ops import FLOATS
-from focalops.ops.boxes import _check_weights
+from focalops.ops.boxes import check_box_weights, converted_weights
+from focalops.ops.checks import (
+    check_float,
+    check_type,
+    check_value,
+    dtype_name,
+    require_int,
+    require_integer,
+    require_number,
+    require_tensor,
+    sizes,
+)
+
+__all__ = ["assign", "retinanet_targets"]
+
+
+# The checks of csrc/checks/assign.h.
+
+
+def check_assign_args(anchors: Tensor, gt_boxes: Tensor, gt_counts: Tensor, fg_iou: float, bg_iou: float) -> None:
+    op = "assign"
+    check_type(anchors.dtype == torch.float32, lambda: f"{op}: anchors must be float32, got {dtype_name(anchors)}")
+    check_type(gt_boxes.dtype == torch.float32, lambda: f"{op}: gt_boxes must be float32, got {dtype_name(gt_boxes)}")
+    check_type(gt_counts.dtype == torch.int64, lambda: f"{op}: gt_counts must be int64, got {dtype_name(gt_counts)}")
+    check_value(
+        anchors.dim() == 2 and anchors.shape[1] == 4, lambda: f"{op}: anchors must be [A, 4], got {sizes(anchors)}"
+    )
+    check_value(
+        gt_boxes.dim() == 3 and gt_boxes.shape[2] == 4,
+        lambda: f"{op}: gt_boxes must be [B, G, 4], got {sizes(gt_boxes)}",
+    )
+    check_value(
+        gt_counts.dim() == 1 and gt_counts.shape[0] == gt_boxes.shape[0],
+        lambda: f"{op}: gt_counts must be [B] = [{gt_boxes.shape[0]}], got {sizes(gt_counts)}",
+    )
+    check_value(
+        anchors.device == gt_boxes.device and anchors.device == gt_counts.device,
+        lambda: f"{op}: anchors, gt_boxes and gt_counts must be on one device",
+    )
+    check_value(
+        0 <= bg_iou <= fg_iou <= 1,
+        lambda: f"{op}: need 0 <= bg_iou <= fg_iou <= 1, got fg_iou={fg_iou:g} and bg_iou={bg_iou:g}",
+    )
+
+
+def check_targets_args(matched, gt_boxes, gt_labels, anchors, weights, num_classes) -> None:
+    op = "retinanet_targets"
+    check_type(matched.dtype == torch.int64, lambda: f"{op}: matched must be int64, got {dtype_name(matched)}")
+    check_value(matched.dim() == 2, lambda: f"{op}: matched must be [B, A], got {sizes(matched)}")
+    check_float(op, "gt_boxes", gt_boxes)
+    check_type(anchors.dtype == gt_boxes.dtype, lambda: f"{op}: anchors must have the dtype of gt_boxes")
+    B, A = matched.shape
+    check_value(
+        gt_boxes.dim() == 3 and gt_boxes.shape[0] == B and gt_boxes.shape[2] == 4,
+        lambda: f"{op}: gt_boxes must be [B, G, 4] with B = {B}, got {sizes(gt_boxes)}",
+    )
+    check_type(gt_labels.dtype == torch.int64, lambda: f"{op}: gt_labels must be int64, got {dtype_name(gt_labels)}")
+    check_value(
+        gt_labels.dim() == 2 and gt_labels.shape == gt_boxes.shape[:2],
+        lambda: f"{op}: gt_labels must be [B, G] = {list(gt_boxes.shape[:2])}, got {sizes(gt_labels)}",
+    )
+    check_value(
+        anchors.dim() == 2 and anchors.shape[0] == A and anchors.shape[1] == 4,
+        lambda: f"{op}: anchors must be [A, 4] with A = {A}, got {sizes(anchors)}",
+    )
+    check_value(
+        matched.device == gt_boxes.device == gt_labels.device == anchors.device,
+        lambda: f"{op}: matched, gt_boxes, gt_labels and anchors must be on one device",
+    )
+    check_box_weights(op, weights)
+    check_value(num_classes is None or num_classes >= 0, lambda: f"{op}: num_classes must be >= 0, got {num_classes}")
+
+
+@torch.library.register_fake("focalops::assign")
+def _assign_fake(anchors, gt_boxes, gt_counts, fg_iou, bg_iou, allow_low_quality):
+    check_assign_args(anchors, gt_boxes, gt_counts, fg_iou, bg_iou)
+    return anchors.new_empty((gt_boxes.shape[0], anchors.shape[0]), dtype=torch.int64)
+
+
+@torch.library.register_fake("focalops::retinanet_targets")
+def _retinanet_targets_fake(matched, gt_boxes, gt_labels, anchors, weights, num_classes=None):
+    check_targets_args(matched, gt_boxes, gt_labels, anchors, weights, num_classes)
+    B, A = matched.shape
+    return matched.new_empty((B, A)), gt_boxes.new_empty((B, A, 4)), matched.new_empty((B, A), dtype=torch.bool)
 
 
 def assign(
@@ -56,37 +136,15 @@ def assign(
         RuntimeError: a count outside ``[0, G]`` or a NaN coordinate (on CUDA a device-side
             assertion, so the check costs no host synchronisation).
     """
-    for name, t in (("anchors", anchors), ("gt_boxes", gt_boxes), ("gt_counts", gt_counts)):
-        if not isinstance(t, Tensor):
-            raise OpTypeError(f"assign: {name} must be a Tensor, got {type(t).__name__}")
+    op = "assign"
     for name, t in (("anchors", anchors), ("gt_boxes", gt_boxes)):
-        if t.dtype not in FLOATS:
-            raise OpTypeError(f"assign: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
-    if gt_counts.dtype.is_floating_point or gt_counts.dtype.is_complex or gt_counts.dtype == torch.bool:
-        raise OpTypeError(f"assign: gt_counts must be an integer tensor, got {gt_counts.dtype}")
-    if anchors.dim() != 2 or anchors.shape[1] != 4:
-        raise OpValueError(f"assign: anchors must have shape [A, 4], got {list(anchors.shape)}")
-    if gt_boxes.dim() != 3 or gt_boxes.shape[2] != 4:
-        raise OpValueError(f"assign: gt_boxes must have shape [B, G, 4], got {list(gt_boxes.shape)}")
-    if gt_counts.shape != gt_boxes.shape[:1]:
-        raise OpValueError(
-            f"assign: gt_counts must have shape [B] = [{gt_boxes.shape[0]}], got {list(gt_counts.shape)}"
-        )
-    if not (anchors.device == gt_boxes.device == gt_counts.device):
-        raise OpValueError(
-            f"assign: anchors, gt_boxes and gt_counts must be on one device, got {anchors.device}, "
-            f"{gt_boxes.device} and {gt_counts.device}"
-        )
-    if not isinstance(fg_iou, Real) or not isinstance(bg_iou, Real) or not 0 <= bg_iou <= fg_iou <= 1:
-        raise OpValueError(f"assign: need 0 <= bg_iou <= fg_iou <= 1, got fg_iou={fg_iou} and bg_iou={bg_iou}")
-    return torch.ops.focalops.assign(
-        anchors.detach().float(),
-        gt_boxes.detach().float(),
-        gt_counts.long(),
-        float(fg_iou),
-        float(bg_iou),
-        bool(allow_low_quality),
-    )
+        require_tensor(op, name, t)
+        check_float(op, name, t)
+    require_integer(op, "gt_counts", gt_counts)
+    fg_iou, bg_iou = require_number(op, "fg_iou", fg_iou), require_number(op, "bg_iou", bg_iou)
+    anchors, gt_boxes, gt_counts = anchors.detach().float(), gt_boxes.detach().float(), gt_counts.long()
+    check_assign_args(anchors, gt_boxes, gt_counts, fg_iou, bg_iou)
+    return torch.ops.focalops.assign(anchors, gt_boxes, gt_counts, fg_iou, bg_iou, bool(allow_low_quality))
 
 
 def retinanet_targets(
@@ -124,46 +182,16 @@ def retinanet_targets(
         RuntimeError: a ``matched`` value ``>= G`` or ``< -2``, or a matched box's label outside
             ``[0, num_classes)`` (device-side assertions on CUDA).
     """
-    for name, t in (
-        ("matched", matched),
-        ("gt_boxes", gt_boxes),
-        ("gt_labels", gt_labels),
-        ("anchors", anchors),
-    ):
-        if not isinstance(t, Tensor):
-            raise OpTypeError(f"retinanet_targets: {name} must be a Tensor, got {type(t).__name__}")
-    if matched.dtype != torch.int64:
-        raise OpTypeError(f"retinanet_targets: matched must be int64, got {matched.dtype}")
-    if gt_labels.dtype.is_floating_point or gt_labels.dtype.is_complex or gt_labels.dtype == torch.bool:
-        raise OpTypeError(f"retinanet_targets: gt_labels must be an integer tensor, got {gt_labels.dtype}")
-    for name, t in (("gt_boxes", gt_boxes), ("anchors", anchors)):
-        if t.dtype not in FLOATS:
-            raise OpTypeError(f"retinanet_targets: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
-    if matched.dim() != 2:
-        raise OpValueError(f"retinanet_targets: matched must have shape [B, A], got {list(matched.shape)}")
-    B, A = matched.shape
-    if anchors.shape != (A, 4):
-        raise OpValueError(f"retinanet_targets: anchors must have shape [A, 4] = [{A}, 4], got {list(anchors.shape)}")
-    if gt_boxes.dim() != 3 or gt_boxes.shape[0] != B or gt_boxes.shape[2] != 4:
-        raise OpValueError(
-            f"retinanet_targets: gt_boxes must have shape [B, G, 4] with B = {B}, got {list(gt_boxes.shape)}"
-        )
-    if gt_labels.shape != gt_boxes.shape[:2]:
-        raise OpValueError(
-            f"retinanet_targets: gt_labels must have shape [B, G] = {list(gt_boxes.shape[:2])}, "
-            f"got {list(gt_labels.shape)}"
-        )
-    if not (matched.device == gt_boxes.device == gt_labels.device == anchors.device):
-        raise OpValueError("retinanet_targets: matched, gt_boxes, gt_labels and anchors must be on one device")
-    w = _check_weights("retinanet_targets", weights)
-    if num_classes is not None and (not isinstance(num_classes, Integral) or num_classes < 0):
-        raise OpValueError(f"retinanet_targets: num_classes must be an int >= 0, got {num_classes!r}")
+    op = "retinanet_targets"
+    for name, t in (("matched", matched), ("gt_boxes", gt_boxes), ("anchors", anchors)):
+        require_tensor(op, name, t)
+    require_integer(op, "gt_labels", gt_labels)
+    check_float(op, "gt_boxes", gt_boxes)
+    check_float(op, "anchors", anchors)
+    w = converted_weights(op, weights)
+    if num_classes is not None:
+        num_classes = require_int(op, "num_classes", num_classes)
     dtype = torch.promote_types(gt_boxes.dtype, anchors.dtype)
-    return torch.ops.focalops.retinanet_targets(
-        matched,
-        gt_boxes.detach().to(dtype),
-        gt_labels.long(),
-        anchors.detach().to(dtype),
-        list(w),
-        None if num_classes is None else int(num_classes),
-    )
+    gt_boxes, gt_labels, anchors = gt_boxes.detach().to(dtype), gt_labels.long(), anchors.detach().to(dtype)
+    check_targets_args(matched, gt_boxes, gt_labels, anchors, w, num_classes)
+    return torch.ops.focalops.retinanet_targets(matched, gt_boxes, gt_labels, anchors, w, num_classes)

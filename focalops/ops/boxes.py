@@ -2,16 +2,107 @@
 
 import math
 from numbers import Real
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
 from focalops import _extension  # noqa: F401  (registers torch.ops.focalops)
 from focalops.errors import OpTypeError, OpValueError
-from focalops.ops import FLOATS
+from focalops.ops.checks import (
+    check_float,
+    check_type,
+    check_value,
+    doubles,
+    require_number,
+    require_tensor,
+    sizes,
+)
 
-_DEFAULT_CLAMP = math.log(1000.0 / 16)
+__all__ = ["box_iou", "encode_boxes", "decode_boxes"]
+
+# torchvision's bound on dw, dh when decoding (BoxCoder.bbox_xform_clip; csrc/math/box.h kBoxDeltaClamp).
+BOX_DELTA_CLAMP = math.log(1000.0 / 16)
+
+
+# The checks of csrc/checks/boxes.h.
+
+
+def check_box_iou_args(boxes1: Tensor, boxes2: Tensor) -> None:
+    check_float("box_iou", "boxes1", boxes1)
+    check_value(
+        boxes1.dim() == 2 and boxes1.shape[1] == 4, lambda: f"box_iou: boxes1 must be [N, 4], got {sizes(boxes1)}"
+    )
+    check_value(
+        boxes2.dim() == 2 and boxes2.shape[1] == 4, lambda: f"box_iou: boxes2 must be [M, 4], got {sizes(boxes2)}"
+    )
+    check_type(boxes2.dtype == boxes1.dtype, lambda: "box_iou: boxes2 must have the dtype of boxes1")
+    check_value(boxes1.device == boxes2.device, lambda: "box_iou: boxes1 and boxes2 must be on the same device")
+
+
+def check_box_weights(op: str, weights: Sequence[float]) -> None:
+    check_value(
+        len(weights) == 4 and all(w > 0 and math.isfinite(w) for w in weights),
+        lambda: f"{op}: weights must be 4 positive finite numbers (wx, wy, ww, wh), got {doubles(weights)}",
+    )
+
+
+def check_box_rows(op: str, name: str, t: Tensor) -> None:
+    check_value(t.dim() >= 1 and t.shape[-1] == 4, lambda: f"{op}: {name} must be [..., 4], got {sizes(t)}")
+
+
+def check_coder_args(op: str, name: str, a: Tensor, anchors: Tensor, weights: Sequence[float]) -> None:
+    """Box coding: ``a`` is [..., 4]; ``anchors`` holds M rows of 4 that repeat along a's rows."""
+    check_float(op, name, a)
+    check_box_rows(op, name, a)
+    check_box_rows(op, "anchors", anchors)
+    check_type(anchors.dtype == a.dtype, lambda: f"{op}: anchors must have the dtype of {name}")
+    check_value(anchors.device == a.device, lambda: f"{op}: anchors must be on the device of {name}")
+    check_value(
+        a.numel() % anchors.numel() == 0 if anchors.numel() > 0 else a.numel() == 0,
+        lambda: f"{op}: anchors {sizes(anchors)} do not repeat evenly along {name} {sizes(a)}",
+    )
+    check_box_weights(op, weights)
+
+
+def check_decode_clamp(op: str, clamp: float) -> None:
+    # A NaN clamp would turn every box into NaN; +-inf are fine (no clamp, zero-size boxes).
+    check_value(not math.isnan(clamp), lambda: f"{op}: clamp must be a number, got nan")
+
+
+def check_decode_backward_args(grad, deltas, anchors, weights, clamp) -> None:
+    op = "_decode_boxes_backward"
+    check_coder_args(op, "deltas", deltas, anchors, weights)
+    check_decode_clamp(op, clamp)
+    check_value(
+        grad.shape == deltas.shape and grad.dtype == deltas.dtype and grad.device == deltas.device,
+        lambda: f"{op}: grad must have the shape, dtype and device of deltas",
+    )
+
+
+@torch.library.register_fake("focalops::box_iou")
+def _box_iou_fake(boxes1, boxes2):
+    check_box_iou_args(boxes1, boxes2)
+    return boxes1.new_empty((boxes1.shape[0], boxes2.shape[0]))
+
+
+@torch.library.register_fake("focalops::encode_boxes")
+def _encode_boxes_fake(gt, anchors, weights):
+    check_coder_args("encode_boxes", "gt", gt, anchors, weights)
+    return torch.empty_like(gt, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("focalops::decode_boxes")
+def _decode_boxes_fake(deltas, anchors, weights, clamp):
+    check_coder_args("decode_boxes", "deltas", deltas, anchors, weights)
+    check_decode_clamp("decode_boxes", clamp)
+    return torch.empty_like(deltas, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("focalops::_decode_boxes_backward")
+def _decode_boxes_backward_fake(grad, deltas, anchors, weights, clamp):
+    check_decode_backward_args(grad, deltas, anchors, weights, clamp)
+    return torch.empty_like(deltas, memory_format=torch.contiguous_format)
 
 
 def _decode_setup_context(ctx, inputs, output):
@@ -37,28 +128,29 @@ torch.library.register_autograd(
 )
 
 
-def _check_boxes(name: str, op: str, t, dims=None) -> None:
-    if not isinstance(t, Tensor):
-        raise OpTypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
-    if t.dtype not in FLOATS:
-        raise OpTypeError(f"{op}: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
-    if t.dim() == 0 or t.shape[-1] != 4 or (dims is not None and t.dim() != dims):
-        shape = "[N, 4]" if dims == 2 else "[..., 4]"
-        raise OpValueError(f"{op}: {name} must have shape {shape}, got {list(t.shape)}")
+def _box_tensor(op: str, name: str, t) -> None:
+    """What the box coders check before promoting and broadcasting their pair."""
+    require_tensor(op, name, t)
+    check_float(op, name, t)
+    check_box_rows(op, name, t)
 
 
-def _check_weights(op: str, weights) -> Tuple[float, float, float, float]:
-    if len(weights) != 4 or not all(isinstance(w, Real) and w > 0 and math.isfinite(w) for w in weights):
-        raise OpValueError(f"{op}: weights must be 4 positive finite numbers (wx, wy, ww, wh), got {tuple(weights)}")
-    return tuple(float(w) for w in weights)
+def converted_weights(op: str, weights) -> List[float]:
+    """BoxCoder weights as the list of floats the ops take (checked by :func:`check_box_weights`)."""
+    try:
+        values = [float(w) for w in weights if isinstance(w, Real)]
+        ok = len(values) == len(weights)
+    except TypeError:
+        ok = False
+    if not ok:
+        raise OpValueError(f"{op}: weights must be 4 positive finite numbers (wx, wy, ww, wh), got {weights!r}")
+    return values
 
 
 def _broadcast_pair(op: str, a: Tensor, b: Tensor, names: Tuple[str, str]) -> Tuple[Tensor, Tensor]:
     """Common dtype, and b reduced to rows [M, 4] that repeat along a ([N, 4] with N % M == 0)
     when b's shape is a suffix of the broadcast shape (the usual deltas [B, A, 4] with anchors
     [A, 4]): then nothing is copied. Otherwise both are expanded to the broadcast shape."""
-    if a.device != b.device:
-        raise OpValueError(f"{op}: {names[0]} and {names[1]} must be on the same device, got {a.device} and {b.device}")
     try:
         shape = torch.broadcast_shapes(a.shape, b.shape)
     except RuntimeError:
@@ -156,18 +248,12 @@ def _to_xyxy(boxes: Tensor, fmt: str) -> Tensor:
     return boxes
 
 
-def _check_iou_args(boxes1, boxes2, fmt) -> None:
+def _require_iou_args(boxes1, boxes2, fmt) -> None:
+    """What :func:`box_iou` converts (integer and half boxes, ``fmt``) before the op's checks."""
     for name, t in (("boxes1", boxes1), ("boxes2", boxes2)):
-        if not isinstance(t, Tensor):
-            raise OpTypeError(f"box_iou: {name} must be a Tensor, got {type(t).__name__}")
+        require_tensor("box_iou", name, t)
         if t.dtype == torch.bool or t.is_complex():
             raise OpTypeError(f"box_iou: {name} must be a real floating or integer tensor, got {t.dtype}")
-        if t.dim() != 2 or t.shape[1] != 4:
-            raise OpValueError(f"box_iou: {name} must have shape [N, 4], got {list(t.shape)}")
-    if boxes1.device != boxes2.device:
-        raise OpValueError(
-            f"box_iou: boxes1 and boxes2 must be on the same device, got {boxes1.device} and {boxes2.device}"
-        )
     if fmt not in _IOU_FORMATS:
         raise OpValueError(
             f"box_iou: fmt must be one of {_IOU_FORMATS} (rotated formats are torchvision's own), got {fmt!r}"
@@ -197,12 +283,15 @@ def box_iou(boxes1: Tensor, boxes2: Tensor, fmt: str = "xyxy") -> Tensor:
             different devices, an unknown ``fmt``.
     """
     if not torch.jit.is_scripting():
-        _check_iou_args(boxes1, boxes2, fmt)
+        _require_iou_args(boxes1, boxes2, fmt)
     boxes1, boxes2 = _iou_upcast(boxes1), _iou_upcast(boxes2)
     dtype = torch.promote_types(boxes1.dtype, boxes2.dtype)
     if fmt != "xyxy" and fmt != "xywh" and fmt != "cxcywh":
         raise ValueError("box_iou: fmt must be 'xyxy', 'xywh' or 'cxcywh', got " + fmt)
-    boxes1, boxes2 = _to_xyxy(boxes1.to(dtype), fmt), _to_xyxy(boxes2.to(dtype), fmt)
+    boxes1, boxes2 = boxes1.to(dtype), boxes2.to(dtype)
+    if not torch.jit.is_scripting():
+        check_box_iou_args(boxes1, boxes2)
+    boxes1, boxes2 = _to_xyxy(boxes1, fmt), _to_xyxy(boxes2, fmt)
     return torch.ops.focalops.box_iou(boxes1, boxes2)
 
 
@@ -226,18 +315,20 @@ def encode_boxes(gt: Tensor, anchors: Tensor, weights: Sequence[float] = (1.0, 1
         ValueError: a last dimension other than 4, shapes that do not broadcast, different
             devices, or weights that are not 4 positive numbers.
     """
-    _check_boxes("gt", "encode_boxes", gt)
-    _check_boxes("anchors", "encode_boxes", anchors)
-    w = _check_weights("encode_boxes", weights)
-    gt, anchor_rows = _broadcast_pair("encode_boxes", gt.detach(), anchors.detach(), ("gt", "anchors"))
-    return torch.ops.focalops.encode_boxes(gt, anchor_rows, list(w))
+    op = "encode_boxes"
+    _box_tensor(op, "gt", gt)
+    _box_tensor(op, "anchors", anchors)
+    w = converted_weights(op, weights)
+    gt, anchor_rows = _broadcast_pair(op, gt.detach(), anchors.detach(), ("gt", "anchors"))
+    check_coder_args(op, "gt", gt, anchor_rows, w)
+    return torch.ops.focalops.encode_boxes(gt, anchor_rows, w)
 
 
 def decode_boxes(
     deltas: Tensor,
     anchors: Tensor,
     weights: Sequence[float] = (1.0, 1.0, 1.0, 1.0),
-    clamp: float = _DEFAULT_CLAMP,
+    clamp: float = BOX_DELTA_CLAMP,
 ) -> Tensor:
     """Boxes from regression deltas and anchors (torchvision ``BoxCoder.decode_single``).
 
@@ -270,12 +361,14 @@ def decode_boxes(
             # BoxCoder.decode_single's multi-class deltas [..., 4K] against anchors [..., 4]
             boxes = decode_boxes(deltas.unflatten(-1, (k, 4)), anchors.unsqueeze(-2), weights, clamp)
             return boxes.flatten(-2)
-    _check_boxes("deltas", "decode_boxes", deltas)
-    _check_boxes("anchors", "decode_boxes", anchors)
-    w = _check_weights("decode_boxes", weights)
-    if not isinstance(clamp, Real) or math.isnan(clamp):
-        raise OpValueError(f"decode_boxes: clamp must be a number, got {clamp!r}")
+    op = "decode_boxes"
+    _box_tensor(op, "deltas", deltas)
+    _box_tensor(op, "anchors", anchors)
+    w = converted_weights(op, weights)
+    clamp = require_number(op, "clamp", clamp)
     if anchors.requires_grad:
-        raise OpValueError("decode_boxes: anchors.requires_grad is set; the gradient for anchors is not supported")
-    deltas, anchor_rows = _broadcast_pair("decode_boxes", deltas, anchors, ("deltas", "anchors"))
-    return torch.ops.focalops.decode_boxes(deltas, anchor_rows, list(w), float(clamp))
+        raise OpValueError(f"{op}: anchors.requires_grad is set; the gradient for anchors is not supported")
+    deltas, anchor_rows = _broadcast_pair(op, deltas, anchors, ("deltas", "anchors"))
+    check_coder_args(op, "deltas", deltas, anchor_rows, w)
+    check_decode_clamp(op, clamp)
+    return torch.ops.focalops.decode_boxes(deltas, anchor_rows, w, clamp)

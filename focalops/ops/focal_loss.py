@@ -9,9 +9,88 @@ from torch import Tensor, nn
 
 from focalops import _extension  # noqa: F401  (registers torch.ops.focalops)
 from focalops.errors import OpTypeError, OpValueError
-from focalops.ops import FLOATS
+from focalops.ops.checks import (
+    FLOAT_NAMES,
+    FLOATS,
+    check_type,
+    check_value,
+    dtype_name,
+    require_int,
+    require_number,
+    require_tensor,
+    sizes,
+)
+
+__all__ = ["sigmoid_focal_loss", "SigmoidFocalLoss"]
 
 _REDUCTIONS = ("none", "mean", "sum")
+
+
+def check_focal_args(inputs: Tensor, targets: Tensor, alpha: float, gamma: float, ignore_index: int) -> None:
+    """csrc/checks/focal_loss.h ``check_focal_args``."""
+    op = "sigmoid_focal_loss"
+    check_type(inputs.dtype in FLOATS, lambda: f"{op}: inputs must be {FLOAT_NAMES}, got {dtype_name(inputs)}")
+    check_value(
+        inputs.device == targets.device,
+        lambda: f"{op}: inputs and targets must be on the same device, got {inputs.device} and {targets.device}",
+    )
+    check_value(gamma >= 0 and math.isfinite(gamma), lambda: f"{op}: gamma must be >= 0 and finite, got {gamma:g}")
+    check_value(alpha <= 1, lambda: f"{op}: alpha must be <= 1 (or < 0 to disable), got {alpha:g}")
+    check_value(ignore_index != -1, lambda: f"{op}: ignore_index must not be -1 (the background label)")
+    if targets.dtype == torch.int64:
+        check_value(
+            inputs.dim() >= 1 and targets.shape == inputs.shape[:-1],
+            lambda: (
+                f"{op}: class-index targets must have shape inputs.shape[:-1] = {list(inputs.shape[:-1])}, "
+                f"got {sizes(targets)} (for one-hot targets pass a floating tensor)"
+            ),
+        )
+    else:
+        check_type(
+            targets.dtype == inputs.dtype,
+            lambda: (
+                f"{op}: targets must be int64 class indices or have the dtype of inputs ({dtype_name(inputs)}), "
+                f"got {dtype_name(targets)}"
+            ),
+        )
+        check_value(
+            targets.shape == inputs.shape,
+            lambda: f"{op}: targets must have the shape of inputs {sizes(inputs)}, got {sizes(targets)}",
+        )
+
+
+def check_focal_grad(grad: Tensor, inputs: Tensor, reduce: bool) -> None:
+    """csrc/checks/focal_loss.h ``check_focal_grad``."""
+    op = "_sigmoid_focal_loss_backward"
+    check_value(grad.device == inputs.device, lambda: f"{op}: grad must be on {inputs.device}")
+    if reduce:
+        check_value(grad.numel() == 1, lambda: f"{op}: grad of a reduced loss must have one element, got {sizes(grad)}")
+    else:
+        check_value(
+            grad.shape == inputs.shape,
+            lambda: f"{op}: grad must have the shape of inputs {sizes(inputs)}, got {sizes(grad)}",
+        )
+
+
+@torch.library.register_fake("focalops::sigmoid_focal_loss")
+def _sigmoid_focal_loss_fake(inputs, targets, alpha, gamma, ignore_index, reduce):
+    check_focal_args(inputs, targets, alpha, gamma, ignore_index)
+    if reduce:  # accumulated and returned in float32 (float64 for float64 inputs)
+        return inputs.new_empty((), dtype=torch.float64 if inputs.dtype == torch.float64 else torch.float32)
+    return torch.empty_like(inputs, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("focalops::_sigmoid_focal_loss_with_grad")
+def _sigmoid_focal_loss_with_grad_fake(inputs, targets, alpha, gamma, ignore_index, reduce):
+    loss = _sigmoid_focal_loss_fake(inputs, targets, alpha, gamma, ignore_index, reduce)
+    return loss, torch.empty_like(inputs, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("focalops::_sigmoid_focal_loss_backward")
+def _sigmoid_focal_loss_backward_fake(grad, inputs, targets, alpha, gamma, ignore_index, reduce):
+    check_focal_args(inputs, targets, alpha, gamma, ignore_index)
+    check_focal_grad(grad, inputs, reduce)
+    return torch.empty_like(inputs, memory_format=torch.contiguous_format)
 
 
 def _setup_context(ctx, inputs, output):
@@ -159,14 +238,16 @@ def sigmoid_focal_loss(
             ``RuntimeError``, as torchvision's would.
     """
     if not torch.jit.is_scripting():
-        _check_args(inputs, targets, alpha, gamma, reduction, ignore_index)
-    if targets.is_floating_point():
+        alpha, gamma, ignore_index = _converted_args(inputs, targets, alpha, gamma, reduction, ignore_index)
+    if targets.is_floating_point() and inputs.is_floating_point():
         dtype = torch.promote_types(inputs.dtype, targets.dtype)  # torchvision's type promotion
         inputs, targets = inputs.to(dtype), targets.to(dtype)
     elif targets.dtype == torch.bool:
         targets = targets.to(inputs.dtype)
-    else:
+    elif not targets.is_floating_point():
         targets = targets.long()
+    if not torch.jit.is_scripting():
+        check_focal_args(inputs, targets, alpha, gamma, ignore_index)
     if reduction != "none" and reduction != "mean" and reduction != "sum":
         raise ValueError("sigmoid_focal_loss: reduction must be 'none', 'mean' or 'sum', got " + reduction)
     loss = _loss(inputs, targets, float(alpha), float(gamma), ignore_index, reduction != "none")
@@ -198,44 +279,20 @@ def _loss(inputs: Tensor, targets: Tensor, alpha: float, gamma: float, ignore_in
     return torch.ops.focalops.sigmoid_focal_loss(inputs, targets, alpha, gamma, ignore_index, reduce)
 
 
-def _check_args(inputs, targets, alpha, gamma, reduction, ignore_index) -> None:
-    """The eager argument checks of :func:`sigmoid_focal_loss` (one-line messages naming the
-    argument; the op checks again what it relies on)."""
-    if not isinstance(inputs, Tensor):
-        raise OpTypeError(f"sigmoid_focal_loss: inputs must be a Tensor, got {type(inputs).__name__}")
-    if not isinstance(targets, Tensor):
-        raise OpTypeError(f"sigmoid_focal_loss: targets must be a Tensor, got {type(targets).__name__}")
-    if inputs.dtype not in FLOATS:
-        raise OpTypeError(
-            f"sigmoid_focal_loss: inputs must be float32, float64, float16 or bfloat16, got {inputs.dtype}"
-        )
+def _converted_args(inputs, targets, alpha, gamma, reduction, ignore_index):
+    """What :func:`sigmoid_focal_loss` converts before the op's checks (:func:`check_focal_args`)."""
+    op = "sigmoid_focal_loss"
+    require_tensor(op, "inputs", inputs)
+    require_tensor(op, "targets", targets)
+    if targets.is_complex():
+        raise OpTypeError(f"{op}: targets must be floating, bool or integer, got {targets.dtype}")
     if reduction not in _REDUCTIONS:
-        raise OpValueError(f"sigmoid_focal_loss: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
-    if not isinstance(gamma, Real) or not gamma >= 0 or math.isinf(gamma):
-        raise OpValueError(f"sigmoid_focal_loss: gamma must be a finite number >= 0, got {gamma}")
-    if not isinstance(alpha, Real) or not alpha <= 1:
-        raise OpValueError(f"sigmoid_focal_loss: alpha must be <= 1 (or < 0 to disable the weighting), got {alpha}")
-    if not isinstance(ignore_index, int) or ignore_index == -1:
-        raise OpValueError(f"sigmoid_focal_loss: ignore_index must be an int other than -1, got {ignore_index!r}")
-    if inputs.device != targets.device:
-        raise OpValueError(
-            f"sigmoid_focal_loss: inputs and targets must be on the same device, got {inputs.device} "
-            f"and {targets.device}"
-        )
-    if targets.dtype.is_floating_point or targets.dtype == torch.bool:
-        if targets.shape != inputs.shape:
-            raise OpValueError(
-                f"sigmoid_focal_loss: dense targets must have the shape of inputs {list(inputs.shape)}, "
-                f"got {list(targets.shape)}"
-            )
-    elif targets.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
-        if inputs.dim() == 0 or targets.shape != inputs.shape[:-1]:
-            raise OpValueError(
-                "sigmoid_focal_loss: integer targets are class indices of shape inputs.shape[:-1] = "
-                f"{list(inputs.shape[:-1])}, got {list(targets.shape)} (for one-hot targets pass a floating tensor)"
-            )
-    else:
-        raise OpTypeError(f"sigmoid_focal_loss: targets must be floating, bool or integer, got {targets.dtype}")
+        raise OpValueError(f"{op}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+    return (
+        require_number(op, "alpha", alpha),
+        require_number(op, "gamma", gamma),
+        require_int(op, "ignore_index", ignore_index),
+    )
 
 
 def _checked_normalizer(normalizer, device: torch.device) -> Union[float, Tensor]:

@@ -1,36 +1,61 @@
 """Non-maximum suppression (drop-ins for torchvision.ops.nms and batched_nms)."""
 
 import math
-from numbers import Real
 
 import torch
 from torch import Tensor
 
 from focalops import _extension  # noqa: F401  (registers torch.ops.focalops)
-from focalops.errors import OpTypeError, OpValueError
-from focalops.ops import FLOATS
+from focalops.errors import OpTypeError
+from focalops.ops.checks import FLOATS, check_type, check_value, dtype_name, require_number, require_tensor, sizes
+
+__all__ = ["nms", "batched_nms"]
 
 
-def _check_tensor(op: str, name: str, t, floating: bool = True) -> None:
-    if not isinstance(t, Tensor):
-        raise OpTypeError(f"{op}: {name} must be a Tensor, got {type(t).__name__}")
-    if floating and t.dtype not in FLOATS:
-        raise OpTypeError(f"{op}: {name} must be float32, float64, float16 or bfloat16, got {t.dtype}")
+# The checks of csrc/checks/nms.h.
 
 
-def _check_boxes_scores(op: str, boxes, scores, iou_threshold) -> None:
-    _check_tensor(op, "boxes", boxes)
-    _check_tensor(op, "scores", scores)
-    if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise OpValueError(f"{op}: boxes must be [N, 4], got {list(boxes.shape)}")
-    if scores.dim() != 1 or scores.shape[0] != boxes.shape[0]:
-        raise OpValueError(f"{op}: scores must be [N] with N = {boxes.shape[0]}, got {list(scores.shape)}")
-    if boxes.device != scores.device:
-        raise OpValueError(f"{op}: boxes and scores must be on the same device, got {boxes.device} and {scores.device}")
-    # An IoU is at most 1: a threshold above 1 suppresses nothing (as torchvision), so it is
-    # passed on as 1. A negative one, which would suppress every box but the best, is refused.
-    if not isinstance(iou_threshold, Real) or not iou_threshold >= 0:
-        raise OpValueError(f"{op}: iou_threshold must be a number >= 0, got {iou_threshold!r}")
+def check_nms_args(op: str, boxes: Tensor, scores: Tensor, iou_threshold: float) -> None:
+    check_value(boxes.dim() == 2 and boxes.shape[1] == 4, lambda: f"{op}: boxes must be [N, 4], got {sizes(boxes)}")
+    check_value(
+        scores.dim() == 1 and scores.shape[0] == boxes.shape[0],
+        lambda: f"{op}: scores must be [N] with N = {boxes.shape[0]}, got {sizes(scores)}",
+    )
+    check_type(boxes.dtype in FLOATS, lambda: f"{op}: boxes must be floating, got {dtype_name(boxes)}")
+    check_type(scores.dtype in FLOATS, lambda: f"{op}: scores must be floating, got {dtype_name(scores)}")
+    check_value(
+        boxes.device == scores.device,
+        lambda: f"{op}: boxes and scores must be on the same device, got {boxes.device} and {scores.device}",
+    )
+    check_value(0 <= iou_threshold <= 1, lambda: f"{op}: iou_threshold must be in [0, 1], got {iou_threshold:g}")
+
+
+def check_batched_nms_idxs(boxes: Tensor, idxs: Tensor) -> None:
+    op = "batched_nms"
+    check_value(
+        idxs.dim() == 1 and idxs.shape[0] == boxes.shape[0],
+        lambda: f"{op}: idxs must be [N] with N = {boxes.shape[0]}, got {sizes(idxs)}",
+    )
+    check_type(idxs.dtype == torch.int64, lambda: f"{op}: idxs must be int64, got {dtype_name(idxs)}")
+    check_value(idxs.device == boxes.device, lambda: f"{op}: idxs must be on {boxes.device}, got {idxs.device}")
+
+
+def _kept(boxes: Tensor) -> Tensor:
+    # The number of kept boxes depends on the data: an unbacked size.
+    return boxes.new_empty((torch.library.get_ctx().new_dynamic_size(),), dtype=torch.int64)
+
+
+@torch.library.register_fake("focalops::nms")
+def _nms_fake(boxes, scores, iou_threshold):
+    check_nms_args("nms", boxes, scores, iou_threshold)
+    return _kept(boxes)
+
+
+@torch.library.register_fake("focalops::batched_nms")
+def _batched_nms_fake(boxes, scores, idxs, iou_threshold):
+    check_nms_args("batched_nms", boxes, scores, iou_threshold)
+    check_batched_nms_idxs(boxes, idxs)
+    return _kept(boxes)
 
 
 def _iou_threshold(threshold: float) -> float:
@@ -39,7 +64,7 @@ def _iou_threshold(threshold: float) -> float:
     is at most 1) rounded down to a float32. At 0.3, an IoU of exactly 3/10 (0.3 in float32 is
     0.30000001) is then above the threshold, as torchvision has it."""
     threshold = min(float(threshold), 1.0)
-    if threshold <= 0.0:
+    if not threshold > 0.0:  # 0, or refused by the op's check (negative, NaN)
         return threshold
     if torch.jit.is_scripting():
         t = torch.tensor(threshold, dtype=torch.float32)
@@ -90,12 +115,13 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
             check is the op's own and raises ``RuntimeError``, as torchvision's.
     """
     if not torch.jit.is_scripting():
-        _check_tensor("nms", "boxes", boxes, floating=False)
-        _check_tensor("nms", "scores", scores, floating=False)
-    boxes, scores = _dequantized(boxes), _dequantized(scores)
+        require_tensor("nms", "boxes", boxes)
+        require_tensor("nms", "scores", scores)
+        iou_threshold = require_number("nms", "iou_threshold", iou_threshold)
+    boxes, scores, threshold = _dequantized(boxes), _dequantized(scores), _iou_threshold(iou_threshold)
     if not torch.jit.is_scripting():
-        _check_boxes_scores("nms", boxes, scores, iou_threshold)
-    return torch.ops.focalops.nms(boxes, scores, _iou_threshold(iou_threshold))
+        check_nms_args("nms", boxes, scores, threshold)
+    return torch.ops.focalops.nms(boxes, scores, threshold)
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
@@ -119,23 +145,21 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
     Raises:
         OpTypeError, OpValueError, RuntimeError: as :func:`nms`; ``idxs`` not an [N] tensor.
     """
+    op = "batched_nms"
     if not torch.jit.is_scripting():
-        _check_tensor("batched_nms", "boxes", boxes)
+        require_tensor(op, "boxes", boxes)
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     if not torch.jit.is_scripting():
-        _check_boxes_scores("batched_nms", boxes, scores, iou_threshold)
-        _check_idxs(boxes, idxs)
+        require_tensor(op, "scores", scores)
+        require_tensor(op, "idxs", idxs)
+        if idxs.is_complex():
+            raise OpTypeError(f"{op}: idxs must be a real or bool tensor, got {idxs.dtype}")
+        iou_threshold = require_number(op, "iou_threshold", iou_threshold)
     if idxs.is_floating_point() or idxs.dtype == torch.bool:
         idxs = torch.unique(idxs, return_inverse=True)[1]
-    return torch.ops.focalops.batched_nms(boxes, scores, idxs.long(), _iou_threshold(iou_threshold))
-
-
-def _check_idxs(boxes: Tensor, idxs) -> None:
-    _check_tensor("batched_nms", "idxs", idxs, floating=False)
-    if idxs.is_complex():
-        raise OpTypeError(f"batched_nms: idxs must be a real or bool tensor, got {idxs.dtype}")
-    if idxs.shape != (boxes.shape[0],):
-        raise OpValueError(f"batched_nms: idxs must be [N] with N = {boxes.shape[0]}, got {list(idxs.shape)}")
-    if idxs.device != boxes.device:
-        raise OpValueError(f"batched_nms: idxs must be on {boxes.device}, got {idxs.device}")
+    idxs, threshold = idxs.long(), _iou_threshold(iou_threshold)
+    if not torch.jit.is_scripting():
+        check_nms_args(op, boxes, scores, threshold)
+        check_batched_nms_idxs(boxes, idxs)
+    return torch.ops.focalops.batched_nms(boxes, scores, idxs, threshold)

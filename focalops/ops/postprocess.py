@@ -1,14 +1,96 @@
 """RetinaNet post-processing for a whole batch (torchvision ``RetinaNet.postprocess_detections``)."""
 
-from numbers import Real
 from typing import List, Tuple
 
 import torch
 from torch import Tensor
 
 from focalops import _extension  # noqa: F401  (registers torch.ops.focalops)
-from focalops.errors import OpValueError
-from focalops.ops.nms import _check_tensor, _iou_threshold
+from focalops.ops.checks import (
+    FLOATS,
+    check_float,
+    check_type,
+    check_value,
+    dtype_name,
+    require_int,
+    require_number,
+    require_tensor,
+    sizes,
+)
+from focalops.ops.nms import _iou_threshold
+
+__all__ = ["postprocess"]
+
+
+def check_postprocess_args(
+    cls_logits, box_deltas, anchors, level_sizes, image_sizes, score_thresh, topk_candidates, nms_thresh, dets_per_img
+) -> None:
+    """csrc/checks/postprocess.h ``check_postprocess_args``."""
+    op = "postprocess"
+    check_value(cls_logits.dim() == 3, lambda: f"{op}: cls_logits must be [B, A, K], got {sizes(cls_logits)}")
+    check_type(cls_logits.dtype in FLOATS, lambda: f"{op}: cls_logits must be floating, got {dtype_name(cls_logits)}")
+    b, a, _ = cls_logits.shape
+    mt = _math_type(cls_logits)
+    check_value(
+        box_deltas.dim() == 3 and box_deltas.shape == (b, a, 4),
+        lambda: f"{op}: box_deltas must be [B, A, 4] = [{b}, {a}, 4], got {sizes(box_deltas)}",
+    )
+    check_value(
+        anchors.dim() == 2 and anchors.shape == (a, 4),
+        lambda: f"{op}: anchors must be [A, 4] = [{a}, 4], got {sizes(anchors)}",
+    )
+    check_value(
+        image_sizes.dim() == 2 and image_sizes.shape == (b, 2),
+        lambda: f"{op}: image_sizes must be [B, 2] = [{b}, 2] (height, width), got {sizes(image_sizes)}",
+    )
+    check_type(
+        box_deltas.dtype == mt and anchors.dtype == mt and image_sizes.dtype == mt,
+        lambda: (
+            f"{op}: box_deltas, anchors and image_sizes must be {dtype_name(mt)}, got {dtype_name(box_deltas)}, "
+            f"{dtype_name(anchors)} and {dtype_name(image_sizes)}"
+        ),
+    )
+    for t in (box_deltas, anchors, image_sizes):
+        check_value(
+            t.device == cls_logits.device, lambda: f"{op}: all tensors must be on {cls_logits.device}, got {t.device}"
+        )
+    check_value(
+        all(s >= 0 for s in level_sizes) and sum(level_sizes) == a,
+        lambda: f"{op}: level_sizes must be >= 0 and sum to A = {a}, got {list(level_sizes)}",
+    )
+    check_value(0 <= score_thresh <= 1, lambda: f"{op}: score_thresh must be in [0, 1], got {score_thresh:g}")
+    check_value(topk_candidates >= 1, lambda: f"{op}: topk_candidates must be >= 1, got {topk_candidates}")
+    check_value(0 <= nms_thresh <= 1, lambda: f"{op}: nms_thresh must be in [0, 1], got {nms_thresh:g}")
+    check_value(dets_per_img >= 0, lambda: f"{op}: detections_per_img must be >= 0, got {dets_per_img}")
+
+
+def _math_type(cls_logits: Tensor) -> torch.dtype:
+    # The box and score math type: float32 for float32 / half / bfloat16 logits, float64 for float64.
+    return torch.float64 if cls_logits.dtype == torch.float64 else torch.float32
+
+
+@torch.library.register_fake("focalops::postprocess")
+def _postprocess_fake(
+    cls_logits, box_deltas, anchors, level_sizes, image_sizes, score_thresh, topk_candidates, nms_thresh, dets_per_img
+):
+    check_postprocess_args(
+        cls_logits,
+        box_deltas,
+        anchors,
+        level_sizes,
+        image_sizes,
+        score_thresh,
+        topk_candidates,
+        nms_thresh,
+        dets_per_img,
+    )
+    b, d = cls_logits.shape[0], dets_per_img
+    return (
+        box_deltas.new_empty((b, d, 4)),
+        box_deltas.new_empty((b, d)),
+        box_deltas.new_empty((b, d), dtype=torch.int64),
+        box_deltas.new_empty((b,), dtype=torch.int64),
+    )
 
 
 def postprocess(
@@ -71,8 +153,27 @@ def postprocess(
             detection but may take one of its level's top-k slots, and non-finite deltas or
             anchors give NaN boxes that suppress nothing.
     """
+    op = "postprocess"
     if not torch.jit.is_scripting():
-        level_sizes = _checked_postprocess_args(
+        for name, t in (("cls_logits", cls_logits), ("box_deltas", box_deltas), ("anchors", anchors)):
+            require_tensor(op, name, t)
+        require_tensor(op, "image_sizes", image_sizes)
+        for name, t in (("box_deltas", box_deltas), ("anchors", anchors)):  # converted to the math type
+            check_float(op, name, t)
+        level_sizes = [require_int(op, "level_sizes", s) for s in level_sizes]
+        score_thresh = require_number(op, "score_thresh", score_thresh)
+        nms_thresh = require_number(op, "nms_thresh", nms_thresh)
+        topk_candidates = require_int(op, "topk_candidates", topk_candidates)
+        detections_per_img = require_int(op, "detections_per_img", detections_per_img)
+    # Not differentiable (detached inputs: no output requires grad); the accelerated torchvision
+    # model takes torchvision's differentiable path when its head outputs require grad.
+    dtype = _math_type(cls_logits)
+    cls_logits, box_deltas, anchors = cls_logits.detach(), box_deltas.detach().to(dtype), anchors.detach().to(dtype)
+    image_sizes = image_sizes.to(dtype)
+    # Above 1 nothing is kept (a score) or suppressed (an IoU), as torchvision: passed on as 1.
+    score_thresh, nms_thresh = min(float(score_thresh), 1.0), _iou_threshold(nms_thresh)
+    if not torch.jit.is_scripting():
+        check_postprocess_args(
             cls_logits,
             box_deltas,
             anchors,
@@ -83,65 +184,14 @@ def postprocess(
             nms_thresh,
             detections_per_img,
         )
-    dtype = torch.float64 if cls_logits.dtype == torch.float64 else torch.float32
-    # Not differentiable (detached inputs: no output requires grad); the accelerated torchvision
-    # model takes torchvision's differentiable path when its head outputs require grad.
     return torch.ops.focalops.postprocess(
-        cls_logits.detach(),
-        box_deltas.detach().to(dtype),
-        anchors.detach().to(dtype),
+        cls_logits,
+        box_deltas,
+        anchors,
         level_sizes,
-        image_sizes.to(dtype),
-        min(float(score_thresh), 1.0),
+        image_sizes,
+        score_thresh,
         topk_candidates,
-        _iou_threshold(nms_thresh),
+        nms_thresh,
         detections_per_img,
     )
-
-
-def _checked_postprocess_args(
-    cls_logits,
-    box_deltas,
-    anchors,
-    level_sizes,
-    image_sizes,
-    score_thresh,
-    topk_candidates,
-    nms_thresh,
-    detections_per_img,
-) -> List[int]:
-    """The eager argument checks of :func:`postprocess`; returns ``level_sizes`` as a list of
-    ints (SymInts, under tracing, stay symbolic: the schema takes ``SymInt[]``)."""
-    op = "postprocess"
-    _check_tensor(op, "cls_logits", cls_logits)
-    _check_tensor(op, "box_deltas", box_deltas)
-    _check_tensor(op, "anchors", anchors)
-    _check_tensor(op, "image_sizes", image_sizes, floating=False)
-    if cls_logits.dim() != 3:
-        raise OpValueError(f"{op}: cls_logits must be [B, A, K], got {list(cls_logits.shape)}")
-    num_images, num_anchors, _ = cls_logits.shape
-    if box_deltas.shape != (num_images, num_anchors, 4):
-        raise OpValueError(
-            f"{op}: box_deltas must be [B, A, 4] = {[num_images, num_anchors, 4]}, got {list(box_deltas.shape)}"
-        )
-    if anchors.shape != (num_anchors, 4):
-        raise OpValueError(f"{op}: anchors must be [A, 4] = {[num_anchors, 4]}, got {list(anchors.shape)}")
-    if image_sizes.shape != (num_images, 2):
-        raise OpValueError(
-            f"{op}: image_sizes must be [B, 2] = {[num_images, 2]} (height, width), got {list(image_sizes.shape)}"
-        )
-    for name, t in (("box_deltas", box_deltas), ("anchors", anchors), ("image_sizes", image_sizes)):
-        if t.device != cls_logits.device:
-            raise OpValueError(f"{op}: {name} must be on {cls_logits.device}, got {t.device}")
-    level_sizes = [s if isinstance(s, torch.SymInt) else int(s) for s in level_sizes]
-    if any(s < 0 for s in level_sizes) or sum(level_sizes) != num_anchors:
-        raise OpValueError(f"{op}: level_sizes must be >= 0 and sum to A = {num_anchors}, got {level_sizes}")
-    for name, value in (("score_thresh", score_thresh), ("nms_thresh", nms_thresh)):
-        # Above 1 nothing is kept (a score) or suppressed (an IoU), as torchvision: passed on as 1.
-        if not isinstance(value, Real) or not value >= 0:
-            raise OpValueError(f"{op}: {name} must be a number >= 0, got {value!r}")
-    if not isinstance(topk_candidates, int) or topk_candidates < 1:
-        raise OpValueError(f"{op}: topk_candidates must be an int >= 1, got {topk_candidates!r}")
-    if not isinstance(detections_per_img, int) or detections_per_img < 0:
-        raise OpValueError(f"{op}: detections_per_img must be an int >= 0, got {detections_per_img!r}")
-    return level_sizes
