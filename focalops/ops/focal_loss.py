@@ -10,8 +10,7 @@ from torch import Tensor, nn
 from focalops import _extension  # noqa: F401  (registers torch.ops.focalops)
 from focalops.errors import OpTypeError, OpValueError
 from focalops.ops.checks import (
-    FLOAT_NAMES,
-    FLOATS,
+    check_float,
     check_type,
     check_value,
     dtype_name,
@@ -29,7 +28,7 @@ _REDUCTIONS = ("none", "mean", "sum")
 def check_focal_args(inputs: Tensor, targets: Tensor, alpha: float, gamma: float, ignore_index: int) -> None:
     """csrc/checks/focal_loss.h ``check_focal_args``."""
     op = "sigmoid_focal_loss"
-    check_type(inputs.dtype in FLOATS, lambda: f"{op}: inputs must be {FLOAT_NAMES}, got {dtype_name(inputs)}")
+    check_float(op, "inputs", inputs)
     check_value(
         inputs.device == targets.device,
         lambda: f"{op}: inputs and targets must be on the same device, got {inputs.device} and {targets.device}",
